@@ -1,0 +1,195 @@
+"Parity tests for retrieval evaluation and re-ranking against straightforward references, plus bad input."
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from iaunet_fastai.core import ReIDInputError
+from iaunet_fastai.metrics import (evaluate_retrieval, re_ranking, aggregate_tracklets, evaluate_tracklets,
+                                   pairwise_distance)
+
+
+# ---------------------------------------------------------------------------------------------- references
+def ref_eval(dist, q_pids, g_pids, q_camids, g_camids, max_rank=20):
+    "Per-query stable-argsort reference (Market-1501 protocol). Returns cmc, per-query AP, INP (nan = skipped)."
+    Q = len(dist); cmc = np.zeros(max_rank); ap = np.full(Q, np.nan); inp = np.full(Q, np.nan)
+    for i in range(Q):
+        order = np.argsort(dist[i], kind='stable')
+        junk = ((g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i])) | (g_pids[order] == -1)
+        m = (g_pids[order] == q_pids[i])[~junk]
+        if not m.any(): continue
+        hits = np.flatnonzero(m) + 1                         # 1-based positions of true matches
+        cmc[hits[0] - 1:] += 1
+        ap[i] = np.mean(np.arange(1, len(hits) + 1) / hits)
+        inp[i] = len(hits) / hits[-1]
+    nv = (~np.isnan(ap)).sum()
+    return cmc / nv, ap, inp
+
+
+def sk_ap(dist, q_pids, g_pids, q_camids, g_camids):
+    "AP per query from scikit-learn on the junk-free gallery (scores = -distance)."
+    out = np.full(len(dist), np.nan)
+    for i in range(len(dist)):
+        keep = ~(((g_pids == q_pids[i]) & (g_camids == q_camids[i])) | (g_pids == -1))
+        y = g_pids[keep] == q_pids[i]
+        if y.any(): out[i] = average_precision_score(y, -dist[i][keep])
+    return out
+
+
+def random_set(seed=0, Q=60, G=400, D=16, n_ids=25):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_ids + 1, D))
+    g_pids = rng.integers(0, n_ids, G)                       # pid 0 = distractors
+    g_pids[rng.random(G) < .05] = -1                         # junk
+    q_pids = rng.integers(1, n_ids + 5, Q)                   # some pids absent from the gallery -> skipped
+    q_camids, g_camids = rng.integers(0, 4, Q), rng.integers(0, 4, G)
+    cen = lambda p: centres[np.clip(p, 0, n_ids)]
+    qf = cen(q_pids) + 1.2 * rng.normal(size=(Q, D)); gf = cen(g_pids) + 1.2 * rng.normal(size=(G, D))
+    return qf, gf, q_pids, g_pids, q_camids, g_camids
+
+
+def np_dist(qf, gf, metric):
+    if metric == 'cosine':
+        a = qf / np.linalg.norm(qf, axis=1, keepdims=True); b = gf / np.linalg.norm(gf, axis=1, keepdims=True)
+        return 1 - a @ b.T
+    return np.sqrt(np.maximum((qf ** 2).sum(1)[:, None] + (gf ** 2).sum(1)[None] - 2 * qf @ gf.T, 0))
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+@pytest.mark.parametrize('metric', ['cosine', 'euclidean'])
+@pytest.mark.parametrize('seed', [0, 1])
+def test_equals_reference_and_sklearn(metric, seed):
+    qf, gf, qp, gp, qc, gc = random_set(seed)
+    dist = np_dist(qf, gf, metric)
+    assert len(np.unique(dist)) == dist.size                 # tie-free
+    cmc, ap, inp = ref_eval(dist, qp, gp, qc, gc)
+    assert np.isnan(ap).sum() > 0 and (~np.isnan(ap)).sum() > 20   # skipped queries exist, most are valid
+    assert (gp == 0).any() and (gp == -1).any()
+    for kw in [dict(dist=dist), dict(dist=torch.tensor(dist)), dict(qf=qf, gf=gf), dict(qf=torch.tensor(qf).float(), gf=torch.tensor(gf).float())]:
+        r = evaluate_retrieval(q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, metric=metric, per_query=True,
+                               chunk_size=7, **kw)
+        np.testing.assert_allclose(r['cmc'], cmc, atol=1e-6)
+        np.testing.assert_allclose(r['AP'], ap, atol=1e-6)
+        np.testing.assert_allclose(r['INP'], inp, atol=1e-6)
+        assert abs(r['mAP'] - np.nanmean(ap)) < 1e-6 and abs(r['mINP'] - np.nanmean(inp)) < 1e-6
+        assert r['rank1'] == cmc[0] and r['rank5'] == cmc[4] and r['rank20'] == cmc[19]
+        assert r['num_skipped_queries'] == np.isnan(ap).sum() and r['num_valid_queries'] == (~np.isnan(ap)).sum()
+    np.testing.assert_allclose(r['AP'], sk_ap(dist, qp, gp, qc, gc), atol=1e-6)
+
+
+def test_chunk_size_and_ties_match_stable_reference():
+    qf, gf, qp, gp, qc, gc = random_set(3, Q=40, G=200)
+    dist = np.round(np_dist(qf, gf, 'cosine'), 2)           # many exact ties
+    cmc, ap, inp = ref_eval(dist, qp, gp, qc, gc)
+    for cs in (1, 13, None):
+        r = evaluate_retrieval(dist=dist, q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, chunk_size=cs, per_query=True)
+        np.testing.assert_allclose(r['cmc'], cmc, atol=1e-6); np.testing.assert_allclose(r['AP'], ap, atol=1e-6)
+        np.testing.assert_allclose(r['INP'], inp, atol=1e-6)
+
+
+def test_bad_input():
+    qf, gf, qp, gp, qc, gc = random_set(0, Q=5, G=30)
+    bad = gf.copy(); bad[3, 2] = np.inf
+    with pytest.raises(ReIDInputError, match='gf'): evaluate_retrieval(qf, bad, qp, gp, qc, gc)
+    with pytest.raises(ReIDInputError, match='empty'): evaluate_retrieval(qf[:0], gf, qp[:0], gp, qc[:0], gc)
+    with pytest.raises(ReIDInputError, match='g_camids'): evaluate_retrieval(qf, gf, qp, gp, qc, gc[:-1])
+    with pytest.raises(ReIDInputError, match='metric'): evaluate_retrieval(qf, gf, qp, gp, qc, gc, metric='l1')
+    with pytest.raises(ReIDInputError, match='true match'):
+        evaluate_retrieval(qf, gf, qp + 1000, gp, qc, gc)
+
+
+def test_cuhk03_sgs_seeded_and_sane():
+    qf, gf, qp, gp, qc, gc = random_set(4)
+    a = evaluate_retrieval(qf, gf, qp, gp, qc, gc, protocol='cuhk03_sgs', seed=1)
+    b = evaluate_retrieval(qf, gf, qp, gp, qc, gc, protocol='cuhk03_sgs', seed=1)
+    np.testing.assert_array_equal(a['cmc'], b['cmc'])
+    assert np.all(np.diff(a['cmc']) >= 0) and a['cmc'][-1] <= 1
+    # one valid gallery item per identity (the other items are pid -1 junk): SGS sampling is the identity,
+    # so SGS must equal the Market protocol, for any seed
+    rng = np.random.default_rng(0)
+    gp1 = np.concatenate([np.arange(40), np.full(40, -1)]); gc1 = np.concatenate([np.ones(40, int), np.zeros(40, int)])
+    gf1, qf1 = rng.normal(size=(80, 8)), rng.normal(size=(15, 8)); qp1 = np.arange(15); qc1 = np.zeros(15, int)
+    m = evaluate_retrieval(qf1, gf1, qp1, gp1, qc1, gc1)
+    for seed in (0, 7):
+        s = evaluate_retrieval(qf1, gf1, qp1, gp1, qc1, gc1, protocol='cuhk03_sgs', seed=seed)
+        np.testing.assert_allclose(s['cmc'], m['cmc'], atol=1e-12); assert abs(s['mAP'] - m['mAP']) < 1e-9
+
+
+# ---------------------------------------------------------------------------------------------- video
+def test_video_aggregation_and_mars_protocol_by_hand():
+    # 4 tracklets x 2 clips; tracklets 0 (pid 1, cam 0) and 3 (pid 2, cam 1) are queries
+    clips = np.array([[1, 0], [1, 0],        # t0 -> (1, 0)
+                      [1, .5], [1, .5],      # t1 pid 1 cam 1 -> angle 26.6 deg from t0
+                      [0, 1], [0, 1],        # t2 pid 2 cam 0 -> (0, 1)
+                      [1, 1.2], [1, .8]],    # t3 pid 2 cam 1 -> mean (1, 1) -> 45 deg
+                     dtype=np.float32)
+    track = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    tf, ids = aggregate_tracklets(torch.tensor(clips), torch.tensor(track))
+    torch.testing.assert_close(tf[3], torch.tensor([1., 1.]) / 2 ** .5)
+    pids, cams, isq = np.array([1, 1, 2, 2]), np.array([0, 1, 0, 1]), np.array([1, 0, 0, 1], bool)
+    # official (gallery = t0..t3):
+    #  q=t0: t0 junk (itself). order by angle: t1 (26.6, pid1 -> match), t3 (45), t2 (90) -> rank 1, AP 1, INP 1
+    #  q=t3: t3 junk. angles from 45 deg: t1 18.4 (n), t0 45 (n), t2 45 (p, tie with t0; t0 first by index)
+    #        -> match at position 3: AP 1/3, INP 1/3
+    r = evaluate_tracklets(clips, track, pids, cams, isq, max_rank=4, per_query=True)
+    np.testing.assert_allclose(r['AP'], [1, 1 / 3], atol=1e-6)
+    np.testing.assert_allclose(r['cmc'], [.5, .5, 1, 1]); assert abs(r['mAP'] - 2 / 3) < 1e-6
+    assert abs(r['mINP'] - 2 / 3) < 1e-6
+    # torchreid variant (gallery = t1, t2): q=t0 -> t1 first, AP 1; q=t3 -> t1 (18.4, n) then t2 (p): AP 1/2
+    r = evaluate_tracklets(clips, track, pids, cams, isq, mars='torchreid', max_rank=4, per_query=True)
+    np.testing.assert_allclose(r['AP'], [1, .5], atol=1e-6); np.testing.assert_allclose(r['cmc'], [.5, 1, 1, 1])
+
+
+# ---------------------------------------------------------------------------------------------- re-ranking
+def ref_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
+    "Dense reference: torchreid's re_ranking (Zhong et al.), verbatim in substance."
+    original_dist = np.concatenate([np.concatenate([q_q_dist, q_g_dist], axis=1),
+                                    np.concatenate([q_g_dist.T, g_g_dist], axis=1)], axis=0)
+    original_dist = np.power(original_dist, 2).astype(np.float32)
+    original_dist = np.transpose(1. * original_dist / np.max(original_dist, axis=0))
+    V = np.zeros_like(original_dist).astype(np.float32)
+    initial_rank = np.argsort(original_dist).astype(np.int32)
+    query_num = q_g_dist.shape[0]; all_num = original_dist.shape[0]
+    for i in range(all_num):
+        forward = initial_rank[i, :k1 + 1]
+        backward = initial_rank[forward, :k1 + 1]
+        k_recip = forward[np.where(backward == i)[0]]
+        expansion = k_recip
+        for cand in k_recip:
+            cf = initial_rank[cand, :int(np.around(k1 / 2.)) + 1]
+            cb = initial_rank[cf, :int(np.around(k1 / 2.)) + 1]
+            ck = cf[np.where(cb == cand)[0]]
+            if len(np.intersect1d(ck, k_recip)) > 2. / 3 * len(ck): expansion = np.append(expansion, ck)
+        expansion = np.unique(expansion)
+        weight = np.exp(-original_dist[i, expansion])
+        V[i, expansion] = 1. * weight / np.sum(weight)
+    original_dist = original_dist[:query_num]
+    if k2 != 1:
+        V_qe = np.zeros_like(V, dtype=np.float32)
+        for i in range(all_num): V_qe[i] = np.mean(V[initial_rank[i, :k2]], axis=0)
+        V = V_qe
+    invIndex = [np.where(V[:, i] != 0)[0] for i in range(all_num)]
+    jaccard = np.zeros_like(original_dist, dtype=np.float32)
+    for i in range(query_num):
+        temp_min = np.zeros((1, all_num), dtype=np.float32)
+        nz = np.where(V[i] != 0)[0]
+        for j in nz: temp_min[0, invIndex[j]] += np.minimum(V[i, j], V[invIndex[j], j])
+        jaccard[i] = 1 - temp_min / (2. - temp_min)
+    final = jaccard * (1 - lambda_value) + original_dist * lambda_value
+    return final[:query_num, query_num:]
+
+
+@pytest.mark.parametrize('metric,k1,k2', [('cosine', 20, 6), ('euclidean', 7, 3), ('cosine', 5, 1)])
+def test_re_ranking_matches_dense_reference(metric, k1, k2):
+    qf, gf, qp, gp, qc, gc = random_set(5, Q=30, G=150)
+    qf, gf = qf.astype(np.float32), gf.astype(np.float32)
+    d = lambda a, b: pairwise_distance(torch.tensor(a), torch.tensor(b), metric).numpy().astype(np.float64)
+    ref = ref_re_ranking(d(qf, gf), d(qf, qf), d(gf, gf), k1, k2, 0.3)
+    out = re_ranking(qf, gf, k1=k1, k2=k2, lambda_=0.3, metric=metric, chunk_size=11)
+    assert out.dtype == np.float32 and out.shape == (30, 150)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_re_ranking_bad_input():
+    with pytest.raises(ReIDInputError, match='qf'): re_ranking(np.full((2, 4), np.nan), np.ones((30, 4)))
+    with pytest.raises(ReIDInputError, match='k1'): re_ranking(np.ones((2, 4)), np.ones((3, 4)), k1=20)
