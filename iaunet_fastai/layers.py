@@ -6,14 +6,14 @@
 __all__ = ['fp32_region', 'init_new_layers', 'conv_bn', 'CIAU', 'PartGraph', 'part_nodes', 'SIAU', 'IAUBlock', 'stiau_edge_mask',
            'STIAU', 'IAUBlock3D']
 
-# %% ../nbs/05_layers.ipynb #c8608e66
+# %% ../nbs/05_layers.ipynb #903c451a
 from .core import *
 import math, contextlib
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# %% ../nbs/05_layers.ipynb #2ced8b70
+# %% ../nbs/05_layers.ipynb #6c4c8878
 def fp32_region(x):
     "Context that switches autocast off for `x`'s device type (a no-op when autocast is not on)."
     dt = x.device.type
@@ -31,7 +31,7 @@ def init_new_layers(m:nn.Module):
             nn.init.ones_(l.weight); nn.init.zeros_(l.bias)
     return m
 
-def conv_bn(ni, nf, nd=2, bias=True, zero_bn=False):
+def conv_bn(ni, nf, nd=2, bias=False, zero_bn=False):
     "1×1 (×1) convolution `ni→nf` followed by BatchNorm, for `nd`-dimensional maps; `zero_bn` zero-inits the BN."
     conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[nd-1](ni, nf, 1, bias=bias)
     bn = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[nd-1](nf)
@@ -39,13 +39,13 @@ def conv_bn(ni, nf, nd=2, bias=True, zero_bn=False):
     if zero_bn: nn.init.zeros_(bn.weight); nn.init.zeros_(bn.bias)
     return nn.Sequential(conv, bn)
 
-# %% ../nbs/05_layers.ipynb #d76fdada
+# %% ../nbs/05_layers.ipynb #49e7c75b
 class CIAU(nn.Module):
     "Channel IAU. `[B, C, H, W] -> [B, C, H, W]` (`nd=2`) or `[B, C, T, H, W] -> [B, C, T, H, W]` (`nd=3`)."
     def __init__(self, C:int, nd:int=2):
         super().__init__()
         self.C, self.nd = C, nd
-        self.update = conv_bn(C, C, nd=nd, bias=True, zero_bn=True)
+        self.update = conv_bn(C, C, nd=nd, zero_bn=True)
 
     def forward(self, x):
         B, hw = x.shape[0], x.shape[-2]*x.shape[-1]
@@ -55,7 +55,7 @@ class CIAU(nn.Module):
             y = (A @ g).view(x.shape).to(x.dtype)                   # [B, C, (T,) H, W]
         return x + self.update(y)
 
-# %% ../nbs/05_layers.ipynb #8e291f66
+# %% ../nbs/05_layers.ipynb #28920a66
 class PartGraph(nn.Module):
     "Interaction and graph update over part nodes: `p [B, N, C], u [B, C], allowed [N, N] -> v [B, 2·C']`, `C' = C//2`."
     def __init__(self, C:int):
@@ -81,7 +81,7 @@ class PartGraph(nn.Module):
         h = self.gconv(torch.cat([p, W @ p], -1).transpose(1, 2)) # [B, C', N]
         return torch.cat([h.mean(-1), u], 1)                      # [B, 2C']
 
-# %% ../nbs/05_layers.ipynb #6777a265
+# %% ../nbs/05_layers.ipynb #0f167392
 def part_nodes(z, a, norm='area', eps=1e-6):
     "Mask-weighted part nodes: `z [B, C, HW]`, `a [B, K, HW]` -> `[B, K, C]` (fp32); `norm` 'area' (mean) or 'sum' (authors')."
     if norm not in ('area', 'sum'): raise ReIDInputError(f"part_norm must be 'area' or 'sum', got {norm!r}")
@@ -97,7 +97,7 @@ class SIAU(nn.Module):
         self.C, self.K, self.part_norm = C, parts, part_norm
         self.mask = conv_bn(C, parts, nd=2)
         self.graph = PartGraph(C)
-        self.update = conv_bn(2*(C//2), C, nd=2, bias=True, zero_bn=True)
+        self.update = conv_bn(2*(C//2), C, nd=2, zero_bn=True)
         self.register_buffer('allowed', ~torch.eye(parts, dtype=torch.bool), persistent=False)
 
     def forward(self, z):
@@ -111,7 +111,7 @@ class SIAU(nn.Module):
             upd = self.update(v[:, :, None, None])                            # [B, C, 1, 1]
         return z + upd.to(z.dtype), logits
 
-# %% ../nbs/05_layers.ipynb #af1170d5
+# %% ../nbs/05_layers.ipynb #23c3c27b
 class IAUBlock(nn.Module):
     "CIAU then SIAU: `x [B, C, H, W] -> (out [B, C, H, W], part_logits [B, K, H, W])`; identity at init."
     def __init__(self, C:int, parts:int=4, part_norm:str='area'):
@@ -120,7 +120,7 @@ class IAUBlock(nn.Module):
         self.ciau, self.siau = CIAU(C), SIAU(C, parts, part_norm)
     def forward(self, x): return self.siau(self.ciau(x))
 
-# %% ../nbs/05_layers.ipynb #a138b46f
+# %% ../nbs/05_layers.ipynb #2b296009
 def stiau_edge_mask(K:int, T:int) -> torch.Tensor:
     "Allowed STIAU edges, bool `[K·T, K·T]`, nodes ordered `n = t·K + k`: same frame & other part, or same part & other frame."
     n = torch.arange(K*T)
@@ -128,7 +128,7 @@ def stiau_edge_mask(K:int, T:int) -> torch.Tensor:
     same_t, same_k = t[:, None] == t[None], k[:, None] == k[None]
     return (same_t & ~same_k) | (same_k & ~same_t)
 
-# %% ../nbs/05_layers.ipynb #77d84219
+# %% ../nbs/05_layers.ipynb #800aa11b
 class STIAU(nn.Module):
     "Spatial-temporal IAU. `z [B, C, T, H, W] -> (out [B, C, T, H, W], part_logits [B·T, K, H, W])`."
     def __init__(self, C:int, parts:int=4, part_norm:str='area'):
@@ -138,7 +138,7 @@ class STIAU(nn.Module):
         self.C, self.K, self.part_norm = C, parts, part_norm
         self.mask = conv_bn(C, parts, nd=3)
         self.graph = PartGraph(C)
-        self.update = conv_bn(2*(C//2), C, nd=3, bias=True, zero_bn=True)
+        self.update = conv_bn(2*(C//2), C, nd=3, zero_bn=True)
 
     def forward(self, z):
         B, C, T, H, W = z.shape

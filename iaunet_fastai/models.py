@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['check_backbone_file', 'timm_stages', 'stage_table', 'IAUnet', 'VideoIAUnet']
 
-# %% ../nbs/06_models.ipynb #9a2c071a
+# %% ../nbs/06_models.ipynb #1a7d5915
 from .core import *
 from .layers import *
 import warnings
@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import timm
 
-# %% ../nbs/06_models.ipynb #200afc62
+# %% ../nbs/06_models.ipynb #bed0bebd
 def check_backbone_file(arch:str, f, **kwargs):
     "Raise `ReIDInputError` unless `f` holds the weights of timm's `arch` (classifier aside); timm loads non-strictly."
     from timm.models import load_state_dict as timm_load
@@ -36,6 +36,8 @@ def check_backbone_file(arch:str, f, **kwargs):
 
 def timm_stages(arch:str, pretrained:bool=False, pretrained_file=None, **kwargs) -> nn.ModuleDict:
     "A timm `features_only` backbone as a flat ordered `ModuleDict` of modules (a `FeatureListNet`/`FeatureDictNet`)."
+    if not isinstance(arch, str) or (':' not in arch and not timm.is_model(arch.split('.')[0])):
+        raise ReIDInputError(f"unknown timm architecture arch={arch!r} (see timm.list_models())")
     if pretrained_file is not None:
         f = Path(pretrained_file).expanduser()
         if not f.is_file(): raise ReIDInputError(f"pretrained_file not found: '{f}'")
@@ -51,9 +53,6 @@ def timm_stages(arch:str, pretrained:bool=False, pretrained_file=None, **kwargs)
         if pretrained_file is None: raise
         raise ReIDInputError(f"pretrained_file '{pretrained_file}' does not hold weights of a timm '{arch}' "
                              f"(another architecture?): {str(e).splitlines()[0]} ...") from e
-    except Exception as e:
-        if not timm.is_model(arch): raise ReIDInputError(f"unknown timm architecture arch={arch!r}") from e
-        raise
     return fm
 
 def stage_table(fm) -> dict:
@@ -69,7 +68,7 @@ def stage_table(fm) -> dict:
                              "a CNN pyramid (stride 4, 8, 16, 32); IAUnet needs a hierarchical CNN")
     return res
 
-# %% ../nbs/06_models.ipynb #08c7e0b9
+# %% ../nbs/06_models.ipynb #8f14e019
 import math
 
 def _set_module(root, name, new):
@@ -93,7 +92,7 @@ def _apply_last_stride1(fm, keys) -> list:
                 changed.append(f'{key}.{name} (pool)')
     return changed
 
-# %% ../nbs/06_models.ipynb #2b1841d4
+# %% ../nbs/06_models.ipynb #c4d27192
 class _ReIDNet(nn.Module):
     "Shared machinery of `IAUnet`/`VideoIAUnet`: backbone stages, inserted blocks, BNNeck."
     _block_cls = None
@@ -190,7 +189,7 @@ class _ReIDNet(nn.Module):
         self.load_state_dict(sd, strict=not skip_classifier)
         return self
 
-# %% ../nbs/06_models.ipynb #172cc1b2
+# %% ../nbs/06_models.ipynb #3d1125da
 class IAUnet(_ReIDNet):
     "IAUnet for images: `x [B, 3, H, W]` -> train `(logits, feat, part_logits)`, eval embedding `[B, embed_dim]`."
     def _make_block(self, C, parts, part_norm): return IAUBlock(C, parts, part_norm)
@@ -201,7 +200,7 @@ class IAUnet(_ReIDNet):
         f, parts = self.features_map(x)
         return self.neck(f.mean((2, 3)), parts)
 
-# %% ../nbs/06_models.ipynb #9ec5388a
+# %% ../nbs/06_models.ipynb #e0c396bb
 class VideoIAUnet(_ReIDNet):
     "IAUnet for clips: `x [B, T, 3, H, W]` -> train `(logits, feat, part_logits [B·T, K, h, w])`, eval embedding `[B, D]`."
     def __init__(self, arch='resnet50', num_classes:int=625, seq_len:int=4, **kwargs):

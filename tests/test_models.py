@@ -1,0 +1,221 @@
+"IAU blocks, IAUnet/VideoIAUnet on timm backbones, ReIDLoss: acceptance tests of issue 6 (SPEC section 3)."
+import itertools, tempfile, warnings
+from pathlib import Path
+import pytest, torch, timm
+import torch.nn as nn
+from iaunet_fastai.core import ReIDInputError
+from iaunet_fastai.layers import CIAU, SIAU, STIAU, IAUBlock, IAUBlock3D, stiau_edge_mask
+from iaunet_fastai.models import IAUnet, VideoIAUnet
+from iaunet_fastai.losses import ReIDLoss
+
+torch.set_num_threads(2)
+PK = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+
+def _masks(n, h, w, invalid=(1,)):
+    g = torch.Generator().manual_seed(0)
+    m = torch.randint(0, 5, (n, h, w), generator=g)
+    for i in invalid: m[i] = 255
+    return m
+
+def _wake(model):
+    "Make the zero-initialised update BatchNorms non-zero (as after some training)."
+    for name, mod in model.named_modules():
+        if name.endswith('update') and isinstance(mod, nn.Sequential): nn.init.normal_(mod[1].weight, std=0.5)
+    return model
+
+# ---------------------------------------------------------------- blocks
+@pytest.mark.parametrize('train', [True, False])
+def test_blocks_identity_at_init(train):
+    torch.manual_seed(0)
+    x, x5 = torch.randn(3, 32, 16, 8), torch.randn(2, 32, 3, 8, 4)
+    with torch.no_grad():
+        for blk, inp in [(CIAU(32), x), (IAUBlock(32), x), (SIAU(32), x), (CIAU(32, nd=3), x5),
+                         (STIAU(32), x5), (IAUBlock3D(32, seq_len=3), x5)]:
+            blk.train(train)
+            out = blk(inp)
+            out = out[0] if isinstance(out, tuple) else out
+            assert torch.equal(out, inp), type(blk).__name__
+
+def test_iaunet_with_fresh_blocks_equals_baseline():
+    torch.manual_seed(0)
+    m = IAUnet('resnet18', num_classes=5, pretrained=False).eval()
+    b = IAUnet('resnet18', num_classes=5, pretrained=False, iau_stages=()).eval()
+    b.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith('iau.')})
+    x = torch.randn(2, 3, 128, 64)
+    with torch.no_grad(): torch.testing.assert_close(m(x), b(x))
+
+@pytest.mark.parametrize('K,T', [(4, 1), (4, 4), (2, 3), (1, 5), (3, 2)])
+def test_stiau_edge_mask_is_exactly_the_spec(K, T):
+    m = stiau_edge_mask(K, T)
+    assert m.shape == (K*T, K*T) and m.dtype == torch.bool
+    for (ti, ki), (tj, kj) in itertools.product(itertools.product(range(T), range(K)), repeat=2):
+        spatial = ti == tj and ki != kj          # other part, same frame
+        temporal = ki == kj and ti != tj         # same part, other frame
+        assert bool(m[ti*K + ki, tj*K + kj]) == (spatial or temporal)
+    assert not m.diagonal().any() and torch.equal(m, m.t())
+
+def test_stiau_uses_only_allowed_edges():
+    "The softmax weights of STIAU are zero exactly off the allowed edges and rows sum to one."
+    torch.manual_seed(0)
+    st = STIAU(16)
+    K, T = 4, 3
+    p, u = torch.randn(2, K*T, 8), torch.randn(2, 8)
+    W = st.graph.edges(p, u, stiau_edge_mask(K, T))
+    allowed = stiau_edge_mask(K, T).expand_as(W)
+    assert (W[~allowed] == 0).all() and (W[allowed] > 0).all()
+    torch.testing.assert_close(W.sum(-1), torch.ones(2, K*T))
+
+# ---------------------------------------------------------------- shapes
+def test_resnet50_shapes_at_256x128():
+    torch.manual_seed(0)
+    m = IAUnet('resnet50', num_classes=751, pretrained=False)
+    assert m.embed_dim == 2048 and m.last_stride == 1
+    assert {s: m.stages[s][1] for s in (2, 3, 4)} == {2: 512, 3: 1024, 4: 2048}
+    x = torch.randn(2, 3, 256, 128)
+    logits, feat, parts = m(x)
+    assert logits.shape == (2, 751) and feat.shape == (2, 2048)
+    assert [tuple(p.shape) for p in parts] == [(2, 4, 32, 16), (2, 4, 16, 8)]
+    assert m._probe_sizes((256, 128))[4] == (16, 8)             # last stride 1: stage 4 keeps 16×8
+    m.eval()
+    with torch.no_grad(): e = m(x)
+    assert e.shape == (2, 2048)
+    torch.testing.assert_close(e.norm(dim=1), torch.ones(2))
+    assert m.bnneck.bias.requires_grad is False
+    assert m.classifier.bias is None
+
+def test_video_shapes_and_loss():
+    torch.manual_seed(0)
+    m = VideoIAUnet('resnet18', num_classes=4, seq_len=3, pretrained=False)
+    x = torch.randn(8, 3, 3, 64, 32)
+    logits, feat, parts = m(x)
+    assert logits.shape == (8, 4) and feat.shape == (8, 512)
+    assert [tuple(p.shape) for p in parts] == [(24, 4, 8, 4), (24, 4, 4, 2)]
+    msk = torch.randint(0, 5, (8, 3, 64, 32)); msk[0] = 255
+    lf = ReIDLoss()
+    loss = lf((logits, feat, parts), PK, msk)
+    loss.backward()
+    assert torch.isfinite(loss) and lf.mask > 0
+    m.eval()
+    with torch.no_grad(): assert m(x).shape == (8, 512)
+
+# ---------------------------------------------------------------- gradients
+@pytest.mark.parametrize('video', [False, True])
+def test_gradients_reach_every_iau_parameter(video):
+    torch.manual_seed(0)
+    if video:
+        m = VideoIAUnet('resnet18', num_classes=4, seq_len=2, pretrained=False)
+        x, msk = torch.randn(8, 2, 3, 64, 32), torch.randint(0, 5, (8, 2, 64, 32))
+    else:
+        m = IAUnet('resnet18', num_classes=4, pretrained=False)
+        x, msk = torch.randn(8, 3, 64, 32), _masks(8, 64, 32)
+    lf, opt = ReIDLoss(), torch.optim.SGD(m.parameters(), lr=0.1)
+    for step in range(2):                      # after one step the zero-init update BNs are non-zero
+        opt.zero_grad()
+        lf(m(x), PK, msk).backward()
+        named = list(m.iau.named_parameters())
+        assert named
+        for n, p in named:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), n
+        if step == 0:
+            upd = [n for n, _ in named if n.endswith('update.1.weight')]
+            assert upd and all(dict(named)[n].grad.abs().sum() > 0 for n in upd)
+            opt.step()
+    # the edge BN bias shifts all edges of a row equally; softmax cancels it (documented) -- all else must learn
+    inert = [n for n, p in named if p.grad.abs().sum() == 0]
+    assert all(n.endswith('graph.edge.1.bias') for n in inert), inert
+
+# ---------------------------------------------------------------- mixed precision
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_blocks_finite_under_autocast_with_large_activations(dtype):
+    torch.manual_seed(0)
+    x, x5 = torch.randn(2, 64, 16, 8) * 1000, torch.randn(2, 64, 3, 8, 4) * 1000
+    for blk, inp in [(_wake(IAUBlock(64)), x), (_wake(IAUBlock3D(64)), x5)]:
+        try:
+            with torch.autocast('cpu', dtype=dtype):
+                out, lg = blk(inp)
+        except RuntimeError as e:
+            pytest.skip(f'{dtype} autocast unsupported on this CPU build: {e}')
+        assert out.dtype in (dtype, torch.float32)
+        assert torch.isfinite(out).all() and torch.isfinite(lg).all()
+    # without the fp32 affinity the same input would overflow: g·gᵀ is ~1e8
+    assert (x.flatten(2) @ x.flatten(2).transpose(1, 2)).abs().max() > torch.finfo(torch.float16).max
+
+def test_model_bf16_autocast_train_step_finite():
+    torch.manual_seed(0)
+    m = _wake(IAUnet('resnet18', num_classes=4, pretrained=False))
+    x = torch.randn(8, 3, 64, 32) * 50
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        pred = m(x)
+        loss = ReIDLoss()(pred, PK, _masks(8, 64, 32))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in m.iau.parameters())
+
+# ---------------------------------------------------------------- timm families
+@pytest.mark.parametrize('arch', ['resnet18', 'regnetx_002', 'efficientnet_b0', 'convnext_atto'])
+def test_timm_families(arch):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', UserWarning)             # last stride 1 must work without a warning
+        m = IAUnet(arch, num_classes=4, pretrained=False)
+    assert m.last_stride == 1
+    sizes = m._probe_sizes((128, 64))
+    assert sizes[2] == (16, 8) and sizes[3] == sizes[4] == (8, 4)
+    x = torch.randn(8, 3, 128, 64)
+    logits, feat, parts = m(x)
+    assert feat.shape == (8, m.embed_dim) and [tuple(p.shape[-2:]) for p in parts] == [(16, 8), (8, 4)]
+    loss = ReIDLoss()((logits, feat, parts), PK, _masks(8, 128, 64))
+    loss.backward()
+    assert torch.isfinite(loss)
+    bb, new = m.param_groups()
+    assert len(bb) + len(new) == len(list(m.parameters()))
+    assert {id(p) for p in m.iau.parameters()} <= {id(p) for p in new}
+
+# ---------------------------------------------------------------- export
+@pytest.mark.parametrize('video', [False, True])
+def test_eval_model_exports_with_torch_export(video):
+    torch.manual_seed(0)
+    if video:
+        m = _wake(VideoIAUnet('resnet18', num_classes=4, seq_len=2, pretrained=False)).eval()
+        x = torch.randn(2, 2, 3, 64, 32)
+    else:
+        m = _wake(IAUnet('resnet18', num_classes=4, pretrained=False)).eval()
+        x = torch.randn(2, 3, 64, 32)
+    ep = torch.export.export(m, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(x), m(x), rtol=1e-4, atol=1e-5)
+
+def test_eval_model_exports_with_onnx():
+    ort = pytest.importorskip('onnxruntime'); pytest.importorskip('onnx')
+    m = _wake(IAUnet('resnet18', num_classes=4, pretrained=False)).eval()
+    x = torch.randn(2, 3, 64, 32)
+    with tempfile.TemporaryDirectory() as d:
+        f = str(Path(d)/'m.onnx')
+        torch.onnx.export(m, (x,), f, input_names=['x'], output_names=['emb'])
+        got = ort.InferenceSession(f).run(None, {'x': x.numpy()})[0]
+    with torch.no_grad(): torch.testing.assert_close(torch.from_numpy(got), m(x), rtol=1e-4, atol=1e-5)
+
+# ---------------------------------------------------------------- weights and bad input
+def test_pretrained_file_and_checkpoint_mismatches(tmp_path):
+    ref = timm.create_model('resnet18', pretrained=False)
+    torch.save(ref.state_dict(), tmp_path/'r18.pth')
+    m = IAUnet('resnet18', num_classes=3, pretrained_file=tmp_path/'r18.pth')
+    torch.testing.assert_close(m.backbone.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
+    torch.save(timm.create_model('resnet34', pretrained=False).state_dict(), tmp_path/'r34.pth')
+    with pytest.raises(ReIDInputError, match="r34.pth.*resnet18"): IAUnet('resnet18', num_classes=3, pretrained_file=tmp_path/'r34.pth')
+    with pytest.raises(ReIDInputError, match='nope.pth'): IAUnet('resnet18', num_classes=3, pretrained_file=tmp_path/'nope.pth')
+    torch.save({'model': m.state_dict(), 'opt': {}}, tmp_path/'reid.pth')      # fastai's learn.save layout
+    IAUnet('resnet18', num_classes=3, pretrained=False).load_checkpoint(tmp_path/'reid.pth')
+    with pytest.raises(ReIDInputError, match='3 classes'):
+        IAUnet('resnet18', num_classes=7, pretrained=False).load_checkpoint(tmp_path/'reid.pth')
+    with pytest.raises(ReIDInputError, match='not a checkpoint of this model'):
+        IAUnet('resnet18', num_classes=3, pretrained=False, iau_stages=(3,)).load_checkpoint(tmp_path/'reid.pth')
+
+def test_bad_arguments():
+    with pytest.raises(ReIDInputError, match='iau_stages'): IAUnet('resnet18', num_classes=3, pretrained=False, iau_stages=(7,))
+    with pytest.raises(ReIDInputError, match='num_classes'): IAUnet('resnet18', num_classes=0, pretrained=False)
+    with pytest.raises(ReIDInputError, match='no_such_net'): IAUnet('no_such_net', num_classes=3, pretrained=False)
+    with pytest.raises(ReIDInputError, match='part_norm'): IAUBlock(16, part_norm='max')
+    m = IAUnet('resnet18', num_classes=3, pretrained=False, iau_stages=())
+    with pytest.raises(ReIDInputError, match=r'\[B, 3, H, W\]'): m(torch.randn(2, 3, 2, 64, 32))
+    with pytest.raises(ReIDInputError, match='num_classes=3'): ReIDLoss()(m(torch.randn(4, 3, 64, 32)), torch.tensor([0, 1, 2, 3]))
