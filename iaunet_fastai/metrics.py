@@ -8,17 +8,17 @@ ranked lists)."""
 __all__ = ['pairwise_distance', 'evaluate_retrieval', 'aggregate_tracklets', 'query_gallery_split', 'evaluate_tracklets',
            're_ranking', 'plot_cmc', 'show_ranked']
 
-# %% ../nbs/08_metrics.ipynb #e69fb5c2
+# %% ../nbs/08_metrics.ipynb #fee8a863
 from .core import *
-import math
+import math, time
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pathlib import Path
 
-# %% ../nbs/08_metrics.ipynb #44fe40b6
+# %% ../nbs/08_metrics.ipynb #8175fa7d
 def _as_tensor(x, name, dtype=None):
-    "`x` (numpy / list / tensor) as a CPU or device tensor without copying when possible."
+    "`x` (numpy / list / tensor) as a tensor, without copying when possible."
     if x is None: raise ReIDInputError(f"`{name}` is required")
     t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
     t = t.detach()
@@ -26,11 +26,10 @@ def _as_tensor(x, name, dtype=None):
 
 def _check_ids(ids, n, name):
     t = _as_tensor(ids, name).reshape(-1)
-    if t.is_floating_point(): t = t.long()
     if len(t) != n: raise ReIDInputError(f"`{name}` has {len(t)} entries but there are {n} items")
     return t.long()
 
-# %% ../nbs/08_metrics.ipynb #f3d72f3e
+# %% ../nbs/08_metrics.ipynb #e60b9b6b
 def pairwise_distance(qf, gf, metric='cosine', gnorm=None):
     "Distance block [q, G] between features `qf` [q, D] and `gf` [G, D]: `1 - cos` or Euclidean (float32)."
     qf, gf = qf.float(), gf.float()
@@ -44,51 +43,77 @@ def pairwise_distance(qf, gf, metric='cosine', gnorm=None):
         return d.clamp_min_(0.).sqrt_()
     raise ReIDInputError(f"`metric` must be 'cosine' or 'euclidean', got {metric!r}")
 
-# %% ../nbs/08_metrics.ipynb #2b075666
-def _match_ranks(d, pos, neg):
-    "1-based ranks among valid items of each query's true matches, ascending, padded with inf: [c, Pmax]."
+# %% ../nbs/08_metrics.ipynb #0bed26bc
+def _count_below(d, thr, B=2048, buf=None):
+    """For a distance block `d` [c,G] and ascending thresholds `thr` [c,P] (row-wise; `inf` = padding, at least
+    one finite per row): `(#{j: d[i,j] < thr[i,k]}, #{j: d[i,j] == thr[i,k]})`, int64 [c,P] each.
+    `buf` = optional reusable (float [>=c,G], long [>=c,G]) scratch blocks."""
+    c, G = d.shape; P = thr.shape[1]
+    fin = torch.isfinite(thr)
+    a = thr[:, :1]
+    w = (thr.masked_fill(~fin, -math.inf).max(1, keepdim=True).values - a).clamp_min_(1e-6 + 1e-4 * a.abs().max())
+    scale = (B - 1) / w
+    x = torch.sub(d, a, out=None if buf is None else buf[0][:c]).mul_(scale).clamp_(-1., float(B))
+    bins = x.long() if buf is None else buf[1][:c].copy_(x)   # truncation: monotone non-decreasing
+    bins += 1                                                # 0: below the window, B+1: above it
+    one = torch.ones(1, dtype=torch.long, device=d.device).expand(c, G)
+    cum = torch.zeros(c, B + 2, dtype=torch.long, device=d.device).scatter_add_(1, bins, one).cumsum_(1)
+    tb = ((thr.masked_fill(~fin, 0.) - a).mul_(scale).clamp_(-1., float(B)).long() + 1).masked_fill_(~fin, 0)  # same map
+    below = torch.where(tb > 0, cum.gather(1, (tb - 1).clamp_min(0)), 0)                 # items in bins left of it
+    table = torch.zeros(c, B + 2, dtype=torch.bool, device=d.device).scatter_(1, tb, fin)
+    r, j = table.gather(1, bins).nonzero(as_tuple=True)      # items sharing a bin with some threshold (few)
+    v, vb, t = d[r, j][:, None], bins[r, j][:, None], thr[r]
+    less = below.index_add_(0, r, ((vb == tb[r]) & (v < t)).long())
+    eq = torch.zeros(c, P, dtype=torch.long, device=d.device).index_add_(0, r, (v == t).long())
+    return less, eq
+
+# %% ../nbs/08_metrics.ipynb #9c60e5d7
+def _same_pid_index(q_pids, g_pids):
+    "Gallery indices sorted by pid, and for each query the start/length of its pid's run."
+    order = torch.argsort(g_pids, stable=True); sp_ = g_pids[order]
+    uniq, cnt = torch.unique_consecutive(sp_, return_counts=True)
+    start = torch.cumsum(cnt, 0) - cnt
+    k = torch.searchsorted(uniq, q_pids).clamp_max(len(uniq) - 1)
+    found = (uniq[k] == q_pids) & (q_pids != -1)
+    return order, start[k], torch.where(found, cnt[k], 0)
+
+def _stable_ranks(drow, pos, valid):
+    "Reference ranks of one row by a stable sort of its valid items (tie fallback)."
+    order = torch.sort(drow[valid], stable=True).indices
+    return (pos[valid][order]).nonzero().flatten().double() + 1
+
+def _chunk_ranks(d, qp, qc, gp, gc, order, qstart, qlen, buf=None):
     c, G = d.shape
+    S = max(int(qlen.max()), 1)
+    ar = torch.arange(S, device=d.device)
+    m = ar[None] < qlen[:, None]
+    idx = order[(qstart[:, None] + ar[None]).clamp_max(G - 1)]
+    ds, scam = d.gather(1, idx), gc[idx]
+    pos = m & (scam != qc[:, None])
     npos = pos.sum(1)
-    P = max(int(npos.max()), 1)
-    r, col = pos.nonzero(as_tuple=True)
-    start = torch.cumsum(npos, 0) - npos
-    slot = torch.arange(len(r), device=d.device) - start[r]
-    p = torch.full((c, P), math.inf, device=d.device, dtype=d.dtype)
-    p[r, slot] = d[r, col]
-    p = p.sort(1).values.contiguous()
-    b = torch.searchsorted(p, d, right=True)             # positives with p <= d  ([c,G] int64, chunk only)
-    bl = torch.searchsorted(p, d, right=False)           # positives with p <  d
-    tie = (neg & (b != bl)).any(1)                       # a negative ties with a positive
-    b.masked_fill_(~neg, P)                              # only negatives count; bucket P is dropped
-    b += torch.arange(c, device=d.device)[:, None] * (P + 1)
-    hist = torch.bincount(b.view(-1), minlength=c * (P + 1)).view(c, P + 1)[:, :P]
-    ranks = (torch.cumsum(hist, 1) + torch.arange(1, P + 1, device=d.device)).to(d.dtype)
-    ranks[torch.arange(P, device=d.device)[None] >= npos[:, None]] = math.inf
-    for i in tie.nonzero().flatten().tolist():           # exact stable-sort fallback, rare
-        v = pos[i] | neg[i]
-        order = torch.sort(d[i][v], stable=True).indices
-        hits = (pos[i][v][order]).nonzero().flatten().to(d.dtype) + 1
-        ranks[i] = math.inf; ranks[i, :len(hits)] = hits
+    p = ds.masked_fill(~pos, math.inf).sort(1).values
+    P = max(int(npos.max()), 1); p = p[:, :P].contiguous()
+    less, eq = _count_below(d, p, buf=buf)
+    below = (ds[:, None, :] < p[:, :, None]) & m[:, None, :]            # same-pid items below p_k: [c,P,S]
+    same_eq = ((ds[:, None, :] == p[:, :, None]) & m[:, None, :]).sum(2)
+    k = torch.arange(1, P + 1, device=d.device)
+    ranks = (k[None] + less - below.sum(2)).double()
+    ranks[k[None] > npos[:, None]] = math.inf
+    tie = ((eq - same_eq > 0) & (k[None] <= npos[:, None])).any(1)
+    for i in tie.nonzero().flatten().tolist():                          # negative == positive: stable order
+        same = gp == qp[i]
+        h = _stable_ranks(d[i], same & (gc != qc[i]), ~same | (gc != qc[i]))
+        ranks[i] = math.inf; ranks[i, :len(h)] = h
     return ranks, npos
 
-# %% ../nbs/08_metrics.ipynb #a1ebac36
-def _metrics_from_ranks(ranks, npos, max_rank):
-    "Per-query first rank, AP and INP from the padded match ranks (valid queries only)."
-    P = ranks.shape[1]
-    k = torch.arange(1, P + 1, device=ranks.device, dtype=torch.float64)
-    rk = ranks.double()
-    ap = (k / rk).sum(1) / npos.double()                 # inf ranks contribute 0
-    last = rk.gather(1, (npos - 1).clamp_min(0)[:, None])[:, 0]
-    inp = npos.double() / last
-    return rk[:, 0], ap, inp
-
-# %% ../nbs/08_metrics.ipynb #44d8d4df
-def _prep_features(x, name, device):
-    t = _as_tensor(x, name)
-    if t.ndim != 2: raise ReIDInputError(f"`{name}` must be a 2-D [N, D] feature array, got shape {tuple(t.shape)}")
-    if len(t) == 0: raise ReIDInputError(f"`{name}` is empty: nothing to evaluate (empty query or gallery set?)")
-    check_finite(t, f"`{name}`")
-    return t.to(device) if t.device != device else t
+# %% ../nbs/08_metrics.ipynb #b2915489
+def _match_ranks(d, pos, neg):
+    "Ranks (1-based, among pos|neg) of the `pos` items of each row by a stable sort, padded with inf: [c, Pmax]."
+    npos = pos.sum(1); P = max(int(npos.max()), 1)
+    ranks = torch.full((len(d), P), math.inf, dtype=torch.float64, device=d.device)
+    for i in range(len(d)):
+        h = _stable_ranks(d[i], pos[i], pos[i] | neg[i]); ranks[i, :len(h)] = h
+    return ranks, npos
 
 def _sgs_select(valid, g_pids, gen):
     "Single-gallery-shot: per row, keep one random valid item per gallery pid ([c,G] bool)."
@@ -99,67 +124,113 @@ def _sgs_select(valid, g_pids, gen):
     m = torch.full((c, len(uniq)), 3., device=valid.device).scatter_reduce_(1, inv[None].expand(c, G), u, 'amin')
     return valid & (u == m.gather(1, inv[None].expand(c, G)))
 
-# %% ../nbs/08_metrics.ipynb #dd341fda
+# %% ../nbs/08_metrics.ipynb #886a1b49
+def _metrics_from_ranks(ranks, npos):
+    "Per-query first rank, AP and INP from the padded match ranks (valid queries only)."
+    P = ranks.shape[1]
+    k = torch.arange(1, P + 1, device=ranks.device, dtype=torch.float64)
+    rk = ranks.double()
+    ap = (k / rk).sum(1) / npos.double()                 # inf ranks contribute 0
+    last = rk.gather(1, (npos - 1).clamp_min(0)[:, None])[:, 0]
+    return rk[:, 0], ap, npos.double() / last
+
+# %% ../nbs/08_metrics.ipynb #1984b0d8
+def _prep_features(x, name, device):
+    t = _as_tensor(x, name)
+    if t.ndim != 2: raise ReIDInputError(f"`{name}` must be a 2-D array, got shape {tuple(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ReIDInputError(f"`{name}` is empty {tuple(t.shape)}: nothing to evaluate (empty query or gallery set?)")
+    check_finite(t, f"`{name}`")
+    return t.to(device) if t.device != device else t
+
+def _sync(dev):
+    if dev.type == 'cuda': torch.cuda.synchronize(dev)
+
+# %% ../nbs/08_metrics.ipynb #c7d58d24
 def evaluate_retrieval(qf=None, gf=None, q_pids=None, g_pids=None, q_camids=None, g_camids=None,
                        metric='cosine', max_rank=20, dist=None, chunk_size=None, device=None,
                        protocol='market', sgs_repeats=10, seed=0, per_query=False) -> dict:
     """Exact CMC / mAP / mINP of queries `qf` [Q,D] against gallery `gf` [G,D] (numpy or torch, CPU or GPU).
     `dist` ([Q,G]) replaces the features. `protocol`: 'market' (Market-1501) or 'cuhk03_sgs' (single gallery shot,
-    `sgs_repeats` random draws seeded by `seed`). Processes `chunk_size` queries at a time (default: ~16M cells)."""
+    `sgs_repeats` random draws seeded by `seed`). Works on `chunk_size` queries at a time (default ~8M cells).
+    `per_query=True` adds per-query `first_rank`, `AP`, `INP` (nan for skipped queries); `time_dist`/`time_rank`
+    report seconds spent computing distances and ranking."""
     if protocol not in ('market', 'cuhk03_sgs'):
         raise ReIDInputError(f"`protocol` must be 'market' or 'cuhk03_sgs', got {protocol!r}")
     if metric not in ('cosine', 'euclidean'): raise ReIDInputError(f"`metric` must be 'cosine' or 'euclidean', got {metric!r}")
-    dev = best_device(device) if device is not None or dist is None else (
-        dist.device if isinstance(dist, torch.Tensor) else torch.device('cpu'))
+    if dist is not None: dev = best_device(device) if device is not None else (dist.device if isinstance(dist, torch.Tensor) else torch.device('cpu'))
+    else: dev = best_device(device) if device is not None else (qf.device if isinstance(qf, torch.Tensor) else torch.device('cpu'))
     if dist is not None:
-        D = _prep_features(dist, 'dist', dev)
-        Q, G = D.shape
+        D = _prep_features(dist, 'dist', dev); Q, G = D.shape
     else:
         qf, gf = _prep_features(qf, 'qf', dev), _prep_features(gf, 'gf', dev)
-        if qf.shape[1] != gf.shape[1]:
-            raise ReIDInputError(f"`qf` has dim {qf.shape[1]} but `gf` has dim {gf.shape[1]}")
+        if qf.shape[1] != gf.shape[1]: raise ReIDInputError(f"`qf` has dim {qf.shape[1]} but `gf` has dim {gf.shape[1]}")
         Q, G = len(qf), len(gf)
-        gnorm = gf.float().norm(dim=1)
-        if metric == 'cosine': gnorm.clamp_min_(1e-12)
     qp, gp = _check_ids(q_pids, Q, 'q_pids').to(dev), _check_ids(g_pids, G, 'g_pids').to(dev)
     qc, gc = _check_ids(q_camids, Q, 'q_camids').to(dev), _check_ids(g_camids, G, 'g_camids').to(dev)
-    cs = int(chunk_size or max(1, min(Q, 2**24 // max(G, 1))))
+    keep = gp != -1                                       # pid -1: junk for every query, dropped up front
+    if not keep.all():
+        gp, gc = gp[keep], gc[keep]
+        if dist is None: gf = gf[keep]
+        if len(gp) == 0: raise ReIDInputError("`g_pids`: every gallery item is junk (pid -1)")
+    else: keep = None
+    Gk = len(gp)
+    if dist is None:
+        gnorm = gf.float().norm(dim=1)
+        if metric == 'cosine': gnorm.clamp_min_(1e-12)
+    cs = int(chunk_size or max(1, min(Q, 2**23 // Gk)))
+    buf = (torch.empty(cs, Gk, device=dev), torch.empty(cs, Gk, dtype=torch.long, device=dev)) if protocol == 'market' else None
+    order, qstart, qlen = _same_pid_index(qp, gp)
     gen = torch.Generator().manual_seed(seed)
     reps = sgs_repeats if protocol == 'cuhk03_sgs' else 1
     first, ap, inp = (torch.full((Q,), math.nan, dtype=torch.float64) for _ in range(3))
-    cmc_sum, ap_sum, inp_sum = torch.zeros(max_rank, dtype=torch.float64), 0., 0.
-    gjunk = (gp == -1)[None]
+    hits, t_dist, t_rank = torch.zeros(max_rank, dtype=torch.float64), 0., 0.
+    ks = torch.arange(1, max_rank + 1, dtype=torch.float64)
     for s in range(0, Q, cs):
         e = min(s + cs, Q)
-        d = D[s:e].float() if dist is not None else pairwise_distance(qf[s:e], gf, metric, gnorm)
-        same = qp[s:e, None] == gp[None]
-        pos = same & (qc[s:e, None] != gc[None]) & ~gjunk & (qp[s:e, None] != -1)
-        neg = ~same & ~gjunk
-        ok = pos.any(1)
-        if not ok.any(): continue
-        d, pos, neg, idx = d[ok], pos[ok], neg[ok], torch.arange(s, e, device=dev)[ok].cpu()
-        fr_acc, ap_acc, inp_acc = 0., 0., 0.
-        for _ in range(reps):
-            if protocol == 'cuhk03_sgs':
-                sel = _sgs_select(pos | neg, gp, gen)
-                p_, n_ = pos & sel, neg & sel
-            else: p_, n_ = pos, neg
-            ranks, npos = _match_ranks(d, p_, n_)
-            fr, a, i_ = (t.cpu() for t in _metrics_from_ranks(ranks, npos, max_rank))
-            cmc_sum += (fr[:, None] <= torch.arange(1, max_rank + 1, dtype=torch.float64)[None]).double().sum(0)
-            fr_acc, ap_acc, inp_acc = fr_acc + fr / reps, ap_acc + a / reps, inp_acc + i_ / reps
-        first[idx], ap[idx], inp[idx] = fr_acc, ap_acc, inp_acc
+        t0 = time.perf_counter()
+        if dist is not None:
+            d = D[s:e].float()
+            if keep is not None: d = d[:, keep]
+        else: d = pairwise_distance(qf[s:e], gf, metric, gnorm)
+        _sync(dev); t1 = time.perf_counter(); t_dist += t1 - t0
+        acc = [0., 0., 0.]
+        if protocol == 'market':
+            ok = (qlen[s:e] > 0)
+            ok &= (gc[order[(qstart[s:e, None] + torch.arange(max(int(qlen[s:e].max()), 1), device=dev)).clamp_max(Gk - 1)]]
+                   != qc[s:e, None]).logical_and_(torch.arange(max(int(qlen[s:e].max()), 1), device=dev)[None] < qlen[s:e, None]).any(1)
+            if ok.any():
+                sel = ok.nonzero().flatten()
+                ranks, npos = _chunk_ranks(d[sel] if len(sel) < e - s else d, qp[s:e][sel], qc[s:e][sel], gp, gc,
+                                           order, qstart[s:e][sel], qlen[s:e][sel], buf)
+                acc = [t.cpu() for t in _metrics_from_ranks(ranks, npos)]
+        else:
+            same = qp[s:e, None] == gp[None]
+            pos, neg = same & (qc[s:e, None] != gc[None]), ~same
+            ok = pos.any(1); sel = ok.nonzero().flatten()
+            if len(sel):
+                d_, pos, neg = d[sel], pos[sel], neg[sel]
+                for _ in range(reps):
+                    keep_ = _sgs_select(pos | neg, gp, gen)
+                    ranks, npos = _match_ranks(d_, pos & keep_, neg & keep_)
+                    acc = [x + y.cpu() / reps for x, y in zip(acc, _metrics_from_ranks(ranks, npos))]
+                    hits += (ranks[:, :1].cpu() <= ks[None]).double().sum(0)
+        if ok.any():
+            idx = (s + sel).cpu()
+            first[idx], ap[idx], inp[idx] = acc
+            if protocol == 'market': hits += (acc[0][:, None] <= ks[None]).double().sum(0)
+        _sync(dev); t_rank += time.perf_counter() - t1
     nv = int((~torch.isnan(ap)).sum())
     if nv == 0: raise ReIDInputError("no query has a true match in the gallery (after junk removal): "
                                      "check `q_pids`/`g_pids`/camera ids")
-    cmc = (cmc_sum / (nv * reps)).numpy()
+    cmc = (hits / (nv * reps)).numpy()
     res = dict(cmc=cmc, **{f'rank{k}': float(cmc[k - 1]) if k <= max_rank else math.nan for k in (1, 5, 10, 20)},
                mAP=float(np.nanmean(ap.numpy())), mINP=float(np.nanmean(inp.numpy())),
-               num_valid_queries=nv, num_skipped_queries=Q - nv)
+               num_valid_queries=nv, num_skipped_queries=Q - nv, time_dist=t_dist, time_rank=t_rank)
     if per_query: res.update(first_rank=first.numpy(), AP=ap.numpy(), INP=inp.numpy())
     return res
 
-# %% ../nbs/08_metrics.ipynb #6698f58e
+# %% ../nbs/08_metrics.ipynb #7e912e81
 def aggregate_tracklets(clip_feats, clip_track_idx, normalize=True):
     "Mean of clip features per tracklet index (then L2-normalised). Returns `(feats [T,D], track_ids [T])`, ids sorted."
     is_np = not isinstance(clip_feats, torch.Tensor)
@@ -173,7 +244,7 @@ def aggregate_tracklets(clip_feats, clip_track_idx, normalize=True):
     if normalize: out = F.normalize(out, dim=1)
     return (out.numpy(), ids.numpy()) if is_np else (out, ids)
 
-# %% ../nbs/08_metrics.ipynb #c5b86c0c
+# %% ../nbs/08_metrics.ipynb #b45d4d45
 def query_gallery_split(feats, pids, camids, is_query, gallery='non_query'):
     "`(qf, gf, q_pids, g_pids, q_camids, g_camids)` from one item list; `gallery='all'` keeps the queries in the gallery (MARS official)."
     if gallery not in ('non_query', 'all'): raise ReIDInputError(f"`gallery` must be 'non_query' or 'all', got {gallery!r}")
@@ -182,7 +253,7 @@ def query_gallery_split(feats, pids, camids, is_query, gallery='non_query'):
     g = torch.ones_like(q) if gallery == 'all' else ~q
     return f[q], f[g], p[q.cpu()], p[g.cpu()], c[q.cpu()], c[g.cpu()]
 
-# %% ../nbs/08_metrics.ipynb #7303e668
+# %% ../nbs/08_metrics.ipynb #85281f91
 def evaluate_tracklets(clip_feats, clip_track_idx, pids, camids, is_query, mars='official', **kwargs):
     """Video evaluation: clips -> tracklet means -> `evaluate_retrieval`. `pids`, `camids`, `is_query` are per
     tracklet (indexed by tracklet id). `mars='official'` (gallery = all tracklets) or 'torchreid' (queries removed)."""
@@ -192,7 +263,7 @@ def evaluate_tracklets(clip_feats, clip_track_idx, pids, camids, is_query, mars=
     parts = query_gallery_split(tf, sel(pids), sel(camids), sel(is_query), 'all' if mars == 'official' else 'non_query')
     return evaluate_retrieval(*parts, **kwargs)
 
-# %% ../nbs/08_metrics.ipynb #66cf6cf1
+# %% ../nbs/08_metrics.ipynb #fbbde523
 def _knn(X, k, metric, rowmax, cs):
     "k nearest neighbours (sorted, self included) of every row of `X` among all rows, chunked; fills `rowmax`."
     N = len(X); nn = torch.empty(N, k, dtype=torch.long); gn = X.norm(dim=1)
@@ -209,7 +280,7 @@ def _pair_dist(X, i, j, metric, rowmax):
     else: d = (a - b).pow(2).sum(1).clamp_min(0).sqrt()
     return d.pow(2) / rowmax[i]
 
-# %% ../nbs/08_metrics.ipynb #86e2b1d2
+# %% ../nbs/08_metrics.ipynb #94aa5e39
 def re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric='cosine', chunk_size=None):
     "k-reciprocal re-ranking of `qf` [Q,D] vs `gf` [G,D] with sparse k-NN structures; returns float32 [Q,G] distance."
     import scipy.sparse as sp
@@ -260,7 +331,7 @@ def re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric='cosine', chunk_size=Non
         out[s:e] = jac * (1 - lambda_) + od * lambda_
     return out
 
-# %% ../nbs/08_metrics.ipynb #c87f3777
+# %% ../nbs/08_metrics.ipynb #e0833e3e
 def plot_cmc(results, labels=None, max_rank=None, ax=None, figsize=(4, 3), dpi=70):
     "Plot CMC curve(s) from `evaluate_retrieval` result dict(s) (or CMC arrays)."
     import matplotlib.pyplot as plt
@@ -276,7 +347,7 @@ def plot_cmc(results, labels=None, max_rank=None, ax=None, figsize=(4, 3), dpi=7
     if any(l is not None for l in labels) or any(isinstance(r, dict) for r in rs): ax.legend(fontsize=8)
     return ax
 
-# %% ../nbs/08_metrics.ipynb #3f512fca
+# %% ../nbs/08_metrics.ipynb #af3e2aec
 def _load_img(x):
     if isinstance(x, (str, Path)):
         from PIL import Image

@@ -193,3 +193,20 @@ def test_re_ranking_matches_dense_reference(metric, k1, k2):
 def test_re_ranking_bad_input():
     with pytest.raises(ReIDInputError, match='qf'): re_ranking(np.full((2, 4), np.nan), np.ones((30, 4)))
     with pytest.raises(ReIDInputError, match='k1'): re_ranking(np.ones((2, 4)), np.ones((3, 4)), k1=20)
+
+
+def test_larger_uniform_block_with_padding_and_near_zero_positives():
+    "Rows with different numbers of true matches in one chunk (padding), true matches near distance 0."
+    rng = np.random.default_rng(11)
+    Q, G = 120, 3000
+    dist = rng.random((Q, G))
+    gp, gc = rng.integers(0, 150, G), rng.integers(0, 6, G)
+    qp, qc = rng.integers(0, 150, Q), rng.integers(0, 6, Q)
+    for i in range(0, Q, 3):                                   # a true match very close, behind 5 negatives
+        j = np.flatnonzero((gp == qp[i]) & (gc != qc[i]))
+        n = np.flatnonzero(gp != qp[i])[:5]
+        if len(j): dist[i, j[0]] = 4.5e-4; dist[i, n] = 4e-4 * rng.random(5)
+    cmc, ap, inp = ref_eval(dist, qp, gp, qc, gc)
+    r = evaluate_retrieval(dist=dist, q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, per_query=True)
+    np.testing.assert_allclose(r['cmc'], cmc, atol=1e-6); np.testing.assert_allclose(r['AP'], ap, atol=1e-6)
+    np.testing.assert_allclose(r['INP'], inp, atol=1e-6)
