@@ -6,9 +6,9 @@ target, P×K identity sampling for training, ordered query/gallery loaders for e
 # %% auto #0
 __all__ = ['load_reid_image', 'TensorClip', 'LoadReIDImage', 'LoadClip', 'LoadPartMask', 'ImageReIDBlock', 'TrackletBlock',
            'PartMaskBlock', 'ReIDAugment', 'pk_num_batches', 'pk_indices', 'clip_frames', 'eval_clips', 'ReIDItems',
-           'PKDataLoader', 'ReIDEvalDL', 'ReIDDataLoaders', 'reid_dls', 'defaults_cpus']
+           'PKDataLoader', 'ReIDEvalDL', 'ReIDDataLoaders', 'reid_dls']
 
-# %% ../nbs/03_data.ipynb #d06916a8
+# %% ../nbs/03_data.ipynb #c772a208
 from .core import *
 import math, warnings
 from pathlib import Path
@@ -18,13 +18,13 @@ import torch
 from PIL import Image
 from fastcore.basics import *
 from fasttransform import Transform
-from fastai.torch_core import TensorImage, TensorMask, TensorCategory
+from fastai.torch_core import TensorImage, TensorMask, TensorCategory, default_device, defaults
 from fastai.data.core import TfmdDL, DataLoaders
 from fastai.data.block import TransformBlock
 from fastai.data.transforms import IntToFloatTensor, Normalize
 from fastai.vision.core import imagenet_stats
 
-# %% ../nbs/03_data.ipynb #efb34587
+# %% ../nbs/03_data.ipynb #7cfafea1
 def load_reid_image(path, size=None) -> Image.Image:
     "Open `path` as RGB (bicubic-resized to `size`=(H, W)); unreadable or truncated files raise `ReIDInputError`."
     try:
@@ -62,7 +62,7 @@ class LoadPartMask(Transform):
         if a.shape != self.size: a = np.asarray(Image.fromarray(a).resize((self.size[1], self.size[0]), Image.NEAREST))
         return TensorMask(torch.from_numpy(a.copy()))
 
-# %% ../nbs/03_data.ipynb #e44da169
+# %% ../nbs/03_data.ipynb #8dde1519
 class _EvenFrames(Transform):
     "Pick `seq_len` evenly spaced frames of a tracklet (deterministic)."
     def __init__(self, seq_len=4): self.seq_len = seq_len
@@ -80,7 +80,7 @@ def PartMaskBlock(pm, size=(256, 128)):
     "A `TransformBlock` for the part-mask target of an image path (255 where no valid mask)."
     return TransformBlock(type_tfms=LoadPartMask(pm, size), batch_tfms=IntToFloatTensor)
 
-# %% ../nbs/03_data.ipynb #8dcf5c8e
+# %% ../nbs/03_data.ipynb #42ea7634
 class ReIDAugment(Transform):
     "Per-sample flip (image and mask together) and random erasing after normalisation; one draw per clip."
     order, split_idx = 100, 0
@@ -109,7 +109,7 @@ class ReIDAugment(Transform):
                     break
         return tuple(b)
 
-# %% ../nbs/03_data.ipynb #e634d7d0
+# %% ../nbs/03_data.ipynb #fc7dd2ac
 def pk_num_batches(groups, P, K):
     "The exact number of P×K batches per epoch for identity index groups `groups`."
     return sum(max(len(g), K)//K for g in groups) // P
@@ -132,7 +132,7 @@ def pk_indices(groups, P, K, rng):
         for i in chosen: out.extend((chunks[i].pop() if chunks[i] else fresh(np.asarray(groups[i]))).tolist())
     return out
 
-# %% ../nbs/03_data.ipynb #066305b6
+# %% ../nbs/03_data.ipynb #bc825a1d
 def clip_frames(n, seq_len, stride=1, rng=None):
     "Frame indices of one training clip of a tracklet of `n` frames: random window, else sorted random frames."
     span = (seq_len-1)*stride + 1
@@ -150,9 +150,10 @@ def eval_clips(n, seq_len):
         out.append([fr[j % len(fr)] for j in range(seq_len)])
     return out
 
-# %% ../nbs/03_data.ipynb #f04b59e8
+# %% ../nbs/03_data.ipynb #800f6115
 class ReIDItems:
     "Indexed reID samples from a canonical frame: images or clips (+ part masks); train or evaluation tuples."
+    n_inp = 1   # fastai: only `x` is the model's input; the rest (label, mask / pid, camid, ...) are targets
     def __init__(self, df, size=(256, 128), labels=None, masks=None, seq_len=None, sample_stride=1,
                  is_query=None, offset=0):
         self.video = 'paths' in df.columns
@@ -192,7 +193,7 @@ class ReIDItems:
         return (x, torch.tensor(self.pids[r]), torch.tensor(self.camids[r]), torch.tensor(self.is_query[r]),
                 torch.tensor(r + self.offset))
 
-# %% ../nbs/03_data.ipynb #ddf451bf
+# %% ../nbs/03_data.ipynb #60dcb5b0
 def _denorm(x):
     m, s = torch.tensor(imagenet_stats[0]).view(3, 1, 1), torch.tensor(imagenet_stats[1]).view(3, 1, 1)
     return (x.detach().float().cpu()*s + m).clamp(0, 1).permute(*range(x.ndim-3), -2, -1, -3).numpy()
@@ -257,18 +258,28 @@ class ReIDEvalDL(_ShowMixin, TfmdDL):
     "Ordered, un-augmented evaluation loader yielding `(x, pid, camid, is_query, item)`."
     def title(self, b, i): return f"{'q' if b[3][i] else 'g'} pid {int(b[1][i])} c{int(b[2][i])}"
 
-# %% ../nbs/03_data.ipynb #329d2f4d
+# %% ../nbs/03_data.ipynb #a7f4eec8
 class ReIDDataLoaders(DataLoaders):
     "fastai `DataLoaders` for reID: P×K `train`, ordered evaluation `valid` (query then gallery), `query`, `gallery`."
     def __init__(self, train, valid=None, query=None, gallery=None, path='.', device=None, **attrs):
-        super().__init__(*([train] + ([valid] if valid is not None else [])), path=path, device=device)
         self.query, self.gallery = query, gallery
-        for dl in (query, gallery):
-            if dl is not None and self.device is not None: dl.to(self.device)
+        if device is None: device = default_device()
+        super().__init__(*([train] + ([valid] if valid is not None else [])), path=path, device=device)
         for k, v in attrs.items(): setattr(self, k, v)
 
     @property
     def valid(self): return self.loaders[1] if len(self.loaders) > 1 else None
+    @valid.setter
+    def valid(self, v): self.loaders[1:2] = [v]
+
+    @property
+    def device(self): return self._device
+    @device.setter
+    def device(self, d):
+        "Move every loader (train, valid, query, gallery) to `d`."
+        for dl in self.loaders + [self.query, self.gallery]:
+            if dl is not None: dl.to(d)
+        self._device = d
 
 def _get_masks(masks):
     if masks is None or hasattr(masks, 'get'): return masks
@@ -288,7 +299,7 @@ def reid_dls(df, size=(256, 128), P=16, K=4, seq_len=None, sample_stride=1, mask
     if video and seq_len is None: seq_len = 4
     if not video and seq_len is not None: raise ReIDInputError(f"seq_len={seq_len} given but df has no 'paths' column (image rows)")
     size = tuple(size)
-    if num_workers is None: num_workers = min(4, defaults_cpus())
+    if num_workers is None: num_workers = min(4, defaults.cpus)
     tr = df[df.split == 'train'].reset_index(drop=True)
     q, g = (df[df.split == s].reset_index(drop=True) for s in ('query', 'gallery'))
     if len(tr) == 0: raise ReIDInputError("empty train split: df has no rows with split == 'train'")
@@ -325,7 +336,3 @@ def reid_dls(df, size=(256, 128), P=16, K=4, seq_len=None, sample_stride=1, mask
     return ReIDDataLoaders(train, valid, query, gallery, path=path, device=device,
         n_classes=len(vocab), vocab=vocab, pid2label=pid2label, seq_len=seq_len if video else None,
         train_df=tr, query_df=q, gallery_df=g, img_size=size, P=P, K=K, masks=pm)
-
-def defaults_cpus():
-    from fastai.torch_core import defaults
-    return defaults.cpus
