@@ -247,12 +247,18 @@ def test_with_real_part_mask_cache(imgs, tmp_path):
 
 
 def test_synthetic_world_end_to_end(tmp_path):
+    "Synthetic Market-1501 + its LIP label PNGs → real part-mask cache → reid_dls; synthetic MARS → clips."
     synth = pytest.importorskip('iaunet_fastai.synthetic')
     from iaunet_fastai.datasets import mars_df
-    root = Path(synth.make_synthetic_reid(tmp_path/'synth', preset='tiny') or tmp_path/'synth')
-    mk = [p for p in [root/'Market-1501', *root.rglob('Market-1501')] if p.is_dir()]
-    if not mk: pytest.skip('no Market-1501 layout in the synthetic world')
-    df = market1501_df(mk[0])
-    dls = reid_dls(df, size=SIZE, P=4, K=2, num_workers=0, seed=0)
-    x, y = dls.train.one_batch()[:2]
-    assert x.shape == (8, 3, *SIZE)
+    from iaunet_fastai.part_masks import precompute_part_masks
+    root = Path(synth.make_synthetic_reid(tmp_path/'synth', preset='tiny'))
+    precompute_part_masks(root/'Market-1501', tmp_path/'pm', parser='lip', label_dir=root/'parsing/Market-1501',
+                          size=(64, 32), progress=False, verbose=False)
+    df = market1501_df(root/'Market-1501')
+    dls = reid_dls(df, size=SIZE, P=4, K=2, masks=tmp_path/'pm', num_workers=0, seed=0)   # masks given as a path
+    x, y, m = dls.train.one_batch()
+    assert x.shape == (8, 3, *SIZE) and set(m.unique().tolist()) <= {0, 1, 2, 3, 4} and (m > 0).any()
+    v = reid_dls(mars_df(root/'MARS'), size=SIZE, P=2, K=2, num_workers=0, seed=0)
+    assert v.train.one_batch()[0].shape == (4, 4, 3, *SIZE)
+    n_clips = sum(len(eval_clips(n, 4)) for n in pd.concat([v.query_df, v.gallery_df]).n_frames)
+    assert sum(b[0].shape[0] for b in v.valid) == n_clips

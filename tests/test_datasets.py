@@ -269,15 +269,16 @@ def test_folder_and_csv(tmp_path):
 # ---------------------------------------------------------------- the synthetic world
 def test_synthetic_world(tmp_path):
     synth = pytest.importorskip('iaunet_fastai.synthetic')
-    root = Path(synth.make_synthetic_reid(tmp_path/'synth', preset='tiny') or tmp_path/'synth')
-    def find(name):
-        hits = [p for p in [root/name, *root.rglob(name)] if p.is_dir()]
-        return hits[0] if hits else None
-    m = find('Market-1501')
-    if m is not None:
-        df = market1501_df(m); check_canonical(df)
-    v = find('MARS')
-    if v is not None: check_canonical(mars_df(v), video=True)
-    d = find('DukeMTMC-VideoReID')
-    if d is not None: check_canonical(dukev_df(d), video=True)
-    assert m is not None or v is not None or d is not None, f'no known layout under {root}'
+    root = Path(synth.make_synthetic_reid(tmp_path/'synth', preset='tiny'))
+    m = market1501_df(root/'Market-1501')
+    check_canonical(m)
+    assert (m[m.split == 'gallery'].pid == 0).any()                  # distractors kept in the gallery
+    n_junk = sum(1 for p in (root/'Market-1501/bounding_box_test').iterdir() if p.name.startswith('-1_'))
+    n_imgs = sum(1 for d in ('bounding_box_train', 'query', 'bounding_box_test') for p in (root/'Market-1501'/d).iterdir()
+                 if p.suffix == '.jpg')
+    assert n_junk > 0 and len(m) == n_imgs - n_junk                    # junk dropped, nothing else lost
+    v = mars_df(root/'MARS')
+    check_canonical(v, video=True)
+    assert (v.n_frames == v.paths.map(len)).all()
+    d = dukev_df(root/'DukeMTMC-VideoReID')
+    check_canonical(d, video=True)
