@@ -9,7 +9,7 @@ __all__ = ['LIP_LABELS', 'PARTS', 'LIP_GROUPING', 'LOSSY_EXTS', 'IAUNET_PART_FIL
            'prior_foreground', 'prior_part_map', 'list_images', 'match_lip_labels', 'match_iaunet_folders',
            'precompute_part_masks', 'PartMasks', 'load_part_masks', 'masks_cli']
 
-# %% ../nbs/04_part_masks.ipynb #8f7e8d7c
+# %% ../nbs/04_part_masks.ipynb #04efad4f
 from .core import *
 import json, hashlib, shutil, time, math
 from pathlib import Path
@@ -20,7 +20,7 @@ from PIL import Image
 from fastprogress.fastprogress import progress_bar
 from fastcore.basics import store_attr
 
-# %% ../nbs/04_part_masks.ipynb #e82e45b5
+# %% ../nbs/04_part_masks.ipynb #6bb94006
 LIP_LABELS = ['background', 'hat', 'hair', 'glove', 'sunglasses', 'upper-clothes', 'dress', 'coat', 'socks',
               'pants', 'jumpsuits', 'scarf', 'skirt', 'face', 'left-arm', 'right-arm', 'left-leg', 'right-leg',
               'left-shoe', 'right-shoe']
@@ -28,7 +28,7 @@ PARTS = ['head', 'upper', 'lower', 'shoes']
 LIP_GROUPING = {'head': (1, 2, 4, 13), 'upper': (3, 5, 6, 7, 10, 11, 14, 15), 'lower': (9, 12, 16, 17),
                 'shoes': (8, 18, 19)}
 
-# %% ../nbs/04_part_masks.ipynb #f55d2c80
+# %% ../nbs/04_part_masks.ipynb #858f9c5c
 def check_grouping(grouping=LIP_GROUPING) -> dict:
     "Validate a `{part: LIP ids}` grouping; return it normalised to `{part: sorted list}` in `PARTS` order."
     if not isinstance(grouping, dict): raise ReIDInputError(f"grouping must be a dict {{part: LIP ids}}, got {type(grouping).__name__}")
@@ -53,7 +53,7 @@ def grouping_lut(grouping=LIP_GROUPING) -> np.ndarray:
         lut[g[part]] = k + 1
     return lut
 
-# %% ../nbs/04_part_masks.ipynb #56aafc72
+# %% ../nbs/04_part_masks.ipynb #d3cd2e6f
 def lip_to_parts(label_map, grouping=LIP_GROUPING) -> np.ndarray:
     "Group a LIP id map (array-like [..., H, W] of ints 0..19) into a uint8 part map: 0 bg, 1 head, 2 upper, 3 lower, 4 shoes."
     m = to_numpy(label_map)
@@ -67,16 +67,17 @@ def parts_to_onehot(part_map, k:int=len(PARTS)) -> np.ndarray:
     m = np.asarray(part_map)
     return (m[..., None, :, :] == np.arange(1, k+1, dtype=m.dtype)[:, None, None]).astype(np.float32)
 
-# %% ../nbs/04_part_masks.ipynb #88c10ce4
+# %% ../nbs/04_part_masks.ipynb #6e4cf4be
 def resize_nearest(m, size) -> np.ndarray:
     "Resize a [H, W] label map to `size` = (height, width) with centre-sampling nearest neighbour."
     m = np.asarray(m); h, w = m.shape[:2]; H, W = size
     if (h, w) == (H, W): return m
+    if m.dtype == np.uint8 and m.ndim == 2: return cv2.resize(m, (W, H), interpolation=cv2.INTER_NEAREST_EXACT)  # same, 3x faster
     ri = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.intp), h - 1)
     ci = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.intp), w - 1)
     return m[ri[:, None], ci[None, :]]
 
-# %% ../nbs/04_part_masks.ipynb #285fba6d
+# %% ../nbs/04_part_masks.ipynb #05e25a73
 LOSSY_EXTS = ('.jpg', '.jpeg', '.jpe', '.jfif', '.webp')
 
 def _bad(cat, detail): return None, f"{cat}: {detail}"
@@ -104,7 +105,7 @@ def read_lip_png(path):
         return _bad('bad label id', f"'{path}' holds id {mx} > {len(LIP_LABELS)-1} (not a LIP label map?)")
     return a.astype(np.uint8, copy=False), ''
 
-# %% ../nbs/04_part_masks.ipynb #7bb95e59
+# %% ../nbs/04_part_masks.ipynb #bc9dcc53
 IAUNET_PART_FILES = ('head', 'upper_clothes', 'lower_clothes', 'shoes')
 
 def _read_binary(path):
@@ -132,18 +133,24 @@ def read_iaunet_parts(folder, part_files=IAUNET_PART_FILES):
         res[a] = k + 1
     return res, ''
 
-# %% ../nbs/04_part_masks.ipynb #b7e0ef37
-PRIOR_BOUNDS = (0.18, 0.55, 0.90)
+# %% ../nbs/04_part_masks.ipynb #ef7e2e62
+PRIOR_BOUNDS = (0.18, 0.53, 0.93)
 
-def prior_foreground(img, iters:int=3, border:float=0.06) -> np.ndarray:
+def prior_foreground(img, iters:int=3, border:float=0.06, ellipse=(0.33, 0.46), max_h:int=256) -> np.ndarray:
     "Boolean foreground [h, w] of an RGB uint8 pedestrian crop: GrabCut from the crop prior + largest component."
-    img = np.ascontiguousarray(np.asarray(img)[..., :3]); h, w = img.shape[:2]
+    img = np.ascontiguousarray(np.asarray(img)[..., :3]); H0, W0 = img.shape[:2]
+    if H0 > max_h:  # GrabCut's cost grows with the pixel count: segment a downscaled copy, upscale the result
+        img = cv2.resize(img, (max(8, round(W0 * max_h / H0)), max_h), interpolation=cv2.INTER_AREA)
+        fg = prior_foreground(img, iters, border, ellipse, max_h)
+        return cv2.resize(fg.astype(np.uint8), (W0, H0), interpolation=cv2.INTER_LINEAR) > 0
+    h, w = img.shape[:2]
     mask = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
     yy, xx = np.mgrid[:h, :w]
-    ell = ((xx - (w - 1) / 2) / (0.28 * w))**2 + ((yy - (h - 1) / 2) / (0.42 * h))**2 <= 1
+    ell = ((xx - (w - 1) / 2) / (ellipse[0] * w))**2 + ((yy - (h - 1) / 2) / (ellipse[1] * h))**2 <= 1
     mask[ell] = cv2.GC_PR_FGD
     b = max(1, int(round(border * w))); mask[:, :b] = cv2.GC_BGD; mask[:, w-b:] = cv2.GC_BGD
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut's k-means initialisation draws from OpenCV's global RNG: make it deterministic
     cv2.grabCut(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), mask, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
     fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
@@ -152,7 +159,12 @@ def prior_foreground(img, iters:int=3, border:float=0.06) -> np.ndarray:
     return lab == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 def prior_part_map(img, bounds=PRIOR_BOUNDS, min_fg:float=0.05, **kwargs):
-    "Offline part map (uint8 [h, w], 0..4) of an RGB pedestrian crop, or (None, reason): GrabCut + body proportions."
+    """Offline part map (uint8 [h, w], 0..4) of an RGB pedestrian crop, or (None, reason): GrabCut + body proportions.
+
+    Quality, measured against the synthetic world's true maps (`bench/bench_part_masks.py`, 200 train images of
+    preset 'small', 256x128): IoU foreground 0.69, head 0.31, upper 0.58, lower 0.51, shoes 0.15 (mean of parts 0.39);
+    a real parser's maps reproduce exactly (1.0). Speed: about 5-10 images/s per core at 256x128. A rough
+    substitute for JPPNet/SCHP, not a human parser: no arms, bags or skirts, background leaks into the silhouette."""
     img = np.asarray(img); h, w = img.shape[:2]
     try: fg = prior_foreground(img, **kwargs)
     except cv2.error as e: return _bad('no foreground', f"GrabCut failed: {e}")
@@ -162,7 +174,7 @@ def prior_part_map(img, bounds=PRIOR_BOUNDS, min_fg:float=0.05, **kwargs):
     band = (np.searchsorted(np.asarray(bounds), t, side='right') + 1).astype(np.uint8)
     return np.where(fg, band[:, None], 0).astype(np.uint8), ''
 
-# %% ../nbs/04_part_masks.ipynb #5b9a6b52
+# %% ../nbs/04_part_masks.ipynb #aa72e16a
 def list_images(image_dir, image_glob:str=None, recursive:bool=True) -> list:
     "Sorted posix paths (relative to `image_dir`) of the non-hidden image files under `image_dir`."
     image_dir = check_dir(image_dir, 'image_dir')
@@ -224,7 +236,7 @@ def match_iaunet_folders(names, label_dir) -> list:
                              f"lower_clothes,shoes}}.png for any image (e.g. '{label_dir/Path(_strip(names[0])).name}/head.png')")
     return res
 
-# %% ../nbs/04_part_masks.ipynb #c5c5d129
+# %% ../nbs/04_part_masks.ipynb #b2e4caf6
 def _img_size(path):
     try:
         with Image.open(path) as im: return im.size[::-1], ''
@@ -255,7 +267,7 @@ def _parse_one(job):
     if not (m[m != 255] > 0).any(): return None, f"empty mask: no part pixel for '{img_path}' ({ref or 'prior'})", False
     return np.ascontiguousarray(resize_nearest(m, size)), '', tuple(m.shape) != tuple(size)
 
-# %% ../nbs/04_part_masks.ipynb #4cc66290
+# %% ../nbs/04_part_masks.ipynb #2847f405
 _FORMAT = 1
 
 def _work_chunk(jobs, pool=None):
@@ -281,7 +293,7 @@ def _complete(out, key):
     except Exception: return False
     return meta.get('key') == key and (out/'masks.npy').is_file() and (out/'index.json').is_file()
 
-# %% ../nbs/04_part_masks.ipynb #8c06291a
+# %% ../nbs/04_part_masks.ipynb #4ff84bd5
 def precompute_part_masks(image_dir, out, parser:str='lip', label_dir=None, size=(256, 128), grouping=LIP_GROUPING,
                           image_glob:str=None, recursive:bool=True, n_workers:int=0, chunk:int=512,
                           overwrite:bool=False, progress:bool=True, verbose:bool=True, prior_kwargs:dict=None):
@@ -361,7 +373,7 @@ def _summary(out, meta, reasons, n_show=5):
     if len(reasons) > n_show: s += f"\n  ... {len(reasons) - n_show} more in {Path(out)/'index.json'}"
     return s
 
-# %% ../nbs/04_part_masks.ipynb #f14bf170
+# %% ../nbs/04_part_masks.ipynb #d1e926e4
 class PartMasks:
     "Cached part maps: `.masks` uint8 [N, H, W] (memory-mapped), `.names`, `.valid` bool [N], `.meta`; lookup with `get`."
     def __init__(self, masks, names, valid, meta, reasons=None):
@@ -371,7 +383,7 @@ class PartMasks:
         stems = {}
         for i, n in enumerate(names): stems.setdefault(Path(n).stem, []).append(i)
         self._stem = {s: v[0] for s, v in stems.items() if len(v) == 1}
-        self._root = Path(meta.get('image_dir', '/'))
+        self._root = Path(meta.get('image_dir', '/')); self._prefix = self._root.as_posix().rstrip('/') + '/'
 
     def __len__(self): return len(self.names)
     @property
@@ -383,6 +395,7 @@ class PartMasks:
         "Row of `p` (relative name, absolute path or unique stem), or None."
         s = str(p).replace('\\', '/')
         if s in self._idx: return self._idx[s]
+        if s.startswith(self._prefix) and s[len(self._prefix):] in self._idx: return self._idx[s[len(self._prefix):]]
         pp = Path(s)
         if pp.is_absolute():
             try: r = pp.relative_to(self._root).as_posix()
@@ -428,7 +441,7 @@ def load_part_masks(out, mmap:bool=True) -> PartMasks:
                              f"{n} names, size {list(size)}")
     return PartMasks(masks, idx['names'], idx['valid'], meta, idx.get('reasons'))
 
-# %% ../nbs/04_part_masks.ipynb #df8434f3
+# %% ../nbs/04_part_masks.ipynb #7dfc12d3
 def masks_cli(image_dir:str,              # folder of images (searched recursively)
               out:str,                    # cache folder to write (masks.npy, index.json, meta.json)
               parser:str='lip',           # 'lip' (JPPNet/SCHP label PNGs), 'iaunet' (authors' part folders) or 'prior' (offline)

@@ -31,7 +31,7 @@ def write_dataset(root, n=6, sub='bounding_box_train', labels=True):
     names = []
     for i in range(n):
         name = f'{i+1:04d}_c{i%6+1}s1_{i:06d}_00'
-        Image.fromarray(np.full((H, W, 3), 20 * i, np.uint8)).save(img_dir/sub/f'{name}.jpg')
+        Image.fromarray(np.full((H, W, 3), 20 * i % 256, np.uint8)).save(img_dir/sub/f'{name}.jpg')
         if labels: Image.fromarray(person(i % 5)).save(lab_dir/sub/f'{name}.png')
         names.append(f'{sub}/{name}.jpg')
     return img_dir, lab_dir, names
@@ -56,9 +56,9 @@ def test_lip_reproduces_grouping_exactly(tmp_path):
 def test_lip_on_synthetic_world(tmp_path):
     synth = pytest.importorskip('iaunet_fastai.synthetic')
     root = Path(tmp_path)/'synth'
-    synth.make_synthetic_reid(root, preset='tiny')
-    mk = next(root.rglob('bounding_box_train')); ds = mk.parent
-    lab = next(p for p in root.rglob('parsing') if p.is_dir())/ds.name
+    synth.make_synthetic_reid(root, preset='tiny', datasets=('market1501',))
+    mk, lab = root/'Market-1501'/'bounding_box_train', root/'parsing'/'Market-1501'
+    assert len(list(mk.glob('*.jpg'))) > 0
     pm = precompute_part_masks(mk, tmp_path/'cache', label_dir=lab, progress=False, verbose=False)
     assert len(pm) > 0 and pm.valid.all(), pm.meta['counts']
     for n in pm.names:
