@@ -210,3 +210,64 @@ def test_larger_uniform_block_with_padding_and_near_zero_positives():
     r = evaluate_retrieval(dist=dist, q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, per_query=True)
     np.testing.assert_allclose(r['cmc'], cmc, atol=1e-6); np.testing.assert_allclose(r['AP'], ap, atol=1e-6)
     np.testing.assert_allclose(r['INP'], inp, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- callback
+def _video_learner(tmp_path, **kw):
+    "A real fastai Learner on clips [B,T,3,H,W]; eval loader yields (x, pid, camid, is_query, tracklet)."
+    import torch.nn as nn, torch.nn.functional as F
+    from fastai.learner import Learner
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from iaunet_fastai.callbacks import RetrievalEvaluator
+
+    class ClipNet(nn.Module):
+        def __init__(self, n):
+            super().__init__(); self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.head = nn.Linear(8, n)
+        def forward(self, x):
+            B, T = x.shape[:2]; f = self.body(x.flatten(0, 1)).view(B, T, -1).mean(1)
+            return (self.head(f), f) if self.training else F.normalize(f, dim=1)
+
+    def loss(pred, y, *rest):
+        if isinstance(pred, tuple): return F.cross_entropy(pred[0], y)
+        return (pred[:, 0] * 0).sum() + 1 - (pred @ pred.T).mean()
+
+    g = torch.Generator().manual_seed(0); n = 5
+    col = torch.rand(n, 1, 3, 1, 1, generator=g)
+    clip = lambda p: col[p] + 1.2 * torch.randn(3, 3, 8, 4, generator=g)
+    train = [(clip(p), p) for p in range(n) for _ in range(6)]
+    # tracklets: 0..4 queries (cam 0), 5..19 gallery (cams 1/2); 2 clips per tracklet
+    tr = [(p, 0, True) for p in range(n)] + [(p, 1 + (k % 2), False) for k in range(3) for p in range(n)]
+    ev_items = [(clip(p), torch.tensor(p), torch.tensor(c), torch.tensor(q), torch.tensor(t))
+                for t, (p, c, q) in enumerate(tr) for _ in range(2)]
+    dls = DataLoaders(DataLoader(train, bs=10, shuffle=True, drop_last=True), DataLoader(ev_items, bs=7))
+    dls.n_inp = 1
+    ev = RetrievalEvaluator(**kw)
+    learn = Learner(dls, ClipNet(n), loss_func=loss, metrics=ev.metrics, cbs=ev, path=tmp_path, lr=1e-2)
+    return learn, ev, dls, tr
+
+
+def test_callback_video_learner_fit_validate_savemodel(tmp_path):
+    from fastai.callback.tracker import SaveModelCallback
+    learn, ev, dls, tr = _video_learner(tmp_path)
+    learn.fit(2, cbs=SaveModelCallback(monitor='mAP', fname='best'))
+    assert list(learn.recorder.metric_names[3:7]) == ['rank1', 'rank5', 'mAP', 'mINP']
+    assert len(learn.recorder.values) == 2 and all(np.isfinite(v).all() for v in learn.recorder.values)
+    assert (tmp_path/'models'/'best.pth').exists()
+    vals = learn.validate()
+    model = learn.model.eval()
+    with torch.no_grad(): clips = torch.cat([model(b[0]) for b in dls.valid])
+    track = torch.cat([b[4] for b in dls.valid])
+    pids = torch.tensor([p for p, c, q in tr]); cams = torch.tensor([c for p, c, q in tr]); isq = torch.tensor([q for p, c, q in tr])
+    ref = evaluate_tracklets(clips, track, pids, cams, isq, mars='torchreid')
+    np.testing.assert_allclose(vals[1:], [ref['rank1'], ref['rank5'], ref['mAP'], ref['mINP']], atol=1e-6)
+    assert ev.results['num_valid_queries'] == 5
+
+
+def test_callback_every_and_flip(tmp_path):
+    learn, ev, dls, tr = _video_learner(tmp_path, every=3, flip_tta=True, metrics=('mAP',))
+    learn.fit(4)
+    maps = [v[2] for v in learn.recorder.values]
+    assert np.isnan(maps[0]) and np.isnan(maps[1]) and np.isfinite(maps[2]) and np.isfinite(maps[3])
+    assert 0 < ev.results['mAP'] <= 1
