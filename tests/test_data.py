@@ -262,3 +262,33 @@ def test_synthetic_world_end_to_end(tmp_path):
     assert v.train.one_batch()[0].shape == (4, 4, 3, *SIZE)
     n_clips = sum(len(eval_clips(n, 4)) for n in pd.concat([v.query_df, v.gallery_df]).n_frames)
     assert sum(b[0].shape[0] for b in v.valid) == n_clips
+
+
+def test_truncated_image_with_workers(tmp_path, imgs):
+    bad = imgs.copy()
+    assert bad.split[1] == 'train'
+    t = tmp_path/'cut_0003.jpg'; t.write_bytes(Path(bad.path[1]).read_bytes()[:250])
+    bad.loc[1, 'path'] = str(t)
+    dls = reid_dls(bad, size=SIZE, P=8, K=4, num_workers=2, seed=0)
+    with pytest.raises(Exception, match='cut_0003.jpg'):                 # re-raised from the worker, file named
+        for _ in dls.train: pass
+    with pytest.raises(ReIDInputError, match='cut_0003.jpg'):
+        reid_dls(bad, size=SIZE, P=8, K=4, num_workers=0, seed=0).train.one_batch()
+
+
+def ce_or_zero(pred, y, *rest):
+    "Cross-entropy on train batches `(x, y)`; evaluation batches `(x, pid, camid, is_query, item)` give 0."
+    if rest: return pred.sum() * 0.
+    return torch.nn.functional.cross_entropy(pred, y)
+
+
+def test_export_keeps_metadata(tmp_path, imgs):
+    from fastai.learner import Learner, load_learner
+    dls = reid_dls(imgs, size=SIZE, P=4, K=2, num_workers=0, seed=0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, dls.n_classes))
+    learn = Learner(dls, net, loss_func=ce_or_zero)
+    learn.fit(1, 1e-3)                                                      # fastai trains on the P×K loader
+    learn.export(tmp_path/'learn.pkl')
+    back = load_learner(tmp_path/'learn.pkl')
+    assert (back.dls.n_classes, back.dls.vocab, back.dls.img_size, back.dls.seq_len) == (8, list(range(1, 9)), SIZE, None)
