@@ -8,7 +8,7 @@ __all__ = ['load_reid_image', 'TensorClip', 'LoadReIDImage', 'LoadClip', 'LoadPa
            'PartMaskBlock', 'ReIDAugment', 'pk_num_batches', 'pk_indices', 'clip_frames', 'eval_clips', 'ReIDItems',
            'PKDataLoader', 'ReIDEvalDL', 'ReIDDataLoaders', 'reid_dls']
 
-# %% ../nbs/03_data.ipynb #48198a70
+# %% ../nbs/03_data.ipynb #29b7fe02
 from .core import *
 import math, warnings
 from pathlib import Path
@@ -24,7 +24,7 @@ from fastai.data.block import TransformBlock
 from fastai.data.transforms import IntToFloatTensor, Normalize
 from fastai.vision.core import imagenet_stats
 
-# %% ../nbs/03_data.ipynb #1247f33e
+# %% ../nbs/03_data.ipynb #6080046b
 def load_reid_image(path, size=None) -> Image.Image:
     "Open `path` as RGB (bicubic-resized to `size`=(H, W)); unreadable or truncated files raise `ReIDInputError`."
     try:
@@ -62,7 +62,7 @@ class LoadPartMask(Transform):
         if a.shape != self.size: a = np.asarray(Image.fromarray(a).resize((self.size[1], self.size[0]), Image.NEAREST))
         return TensorMask(torch.from_numpy(a.copy()))
 
-# %% ../nbs/03_data.ipynb #18897741
+# %% ../nbs/03_data.ipynb #bc206064
 class _EvenFrames(Transform):
     "Pick `seq_len` evenly spaced frames of a tracklet (deterministic)."
     def __init__(self, seq_len=4): self.seq_len = seq_len
@@ -80,7 +80,7 @@ def PartMaskBlock(pm, size=(256, 128)):
     "A `TransformBlock` for the part-mask target of an image path (255 where no valid mask)."
     return TransformBlock(type_tfms=LoadPartMask(pm, size), batch_tfms=IntToFloatTensor)
 
-# %% ../nbs/03_data.ipynb #deaa0c86
+# %% ../nbs/03_data.ipynb #63af4563
 class ReIDAugment(Transform):
     "Per-sample flip (image and mask together) and random erasing after normalisation; one draw per clip."
     order, split_idx = 100, 0
@@ -109,7 +109,7 @@ class ReIDAugment(Transform):
                     break
         return tuple(b)
 
-# %% ../nbs/03_data.ipynb #23709d58
+# %% ../nbs/03_data.ipynb #2bef337c
 def pk_num_batches(groups, P, K):
     "The exact number of P×K batches per epoch for identity index groups `groups`."
     return sum(max(len(g), K)//K for g in groups) // P
@@ -132,7 +132,7 @@ def pk_indices(groups, P, K, rng):
         for i in chosen: out.extend((chunks[i].pop() if chunks[i] else fresh(np.asarray(groups[i]))).tolist())
     return out
 
-# %% ../nbs/03_data.ipynb #77081ff8
+# %% ../nbs/03_data.ipynb #efa63e28
 def clip_frames(n, seq_len, stride=1, rng=None):
     "Frame indices of one training clip of a tracklet of `n` frames: random window, else sorted random frames."
     span = (seq_len-1)*stride + 1
@@ -150,7 +150,7 @@ def eval_clips(n, seq_len):
         out.append([fr[j % len(fr)] for j in range(seq_len)])
     return out
 
-# %% ../nbs/03_data.ipynb #4cc14819
+# %% ../nbs/03_data.ipynb #cc56a958
 class ReIDItems:
     "Indexed reID samples from a canonical frame: images or clips (+ part masks); train or evaluation tuples."
     n_inp = 1   # fastai: only `x` is the model's input; the rest (label, mask / pid, camid, ...) are targets
@@ -193,7 +193,7 @@ class ReIDItems:
         return (x, torch.tensor(self.pids[r]), torch.tensor(self.camids[r]), torch.tensor(self.is_query[r]),
                 torch.tensor(r + self.offset))
 
-# %% ../nbs/03_data.ipynb #46ced1d3
+# %% ../nbs/03_data.ipynb #d8a83940
 def _denorm(x):
     m, s = torch.tensor(imagenet_stats[0]).view(3, 1, 1), torch.tensor(imagenet_stats[1]).view(3, 1, 1)
     return (x.detach().float().cpu()*s + m).clamp(0, 1).permute(*range(x.ndim-3), -2, -1, -3).numpy()
@@ -264,7 +264,7 @@ class ReIDEvalDL(_ShowMixin, TfmdDL):
     "Ordered, un-augmented evaluation loader yielding `(x, pid, camid, is_query, item)`."
     def title(self, b, i): return f"{'q' if b[3][i] else 'g'} pid {int(b[1][i])} c{int(b[2][i])}"
 
-# %% ../nbs/03_data.ipynb #5b3f7d39
+# %% ../nbs/03_data.ipynb #d9fbe900
 class ReIDDataLoaders(DataLoaders):
     "fastai `DataLoaders` for reID: P×K `train`, ordered evaluation `valid` (query then gallery), `query`, `gallery`."
     def __init__(self, train, valid=None, query=None, gallery=None, path='.', device=None, **attrs):
