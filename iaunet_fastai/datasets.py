@@ -7,14 +7,14 @@ into one canonical DataFrame."""
 __all__ = ['MARKET_PAT', 'market_like_df', 'market1501_df', 'dukemtmc_df', 'cuhk03_df', 'msmt17_df', 'mars_df', 'dukev_df',
            'ilidsvid_df', 'prid2011_df', 'folder_df', 'csv_df']
 
-# %% ../nbs/02_datasets.ipynb #ebf71f0e
+# %% ../nbs/02_datasets.ipynb #182fd17a
 from .core import *
 import re, json, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
 
-# %% ../nbs/02_datasets.ipynb #93719875
+# %% ../nbs/02_datasets.ipynb #d22b2657
 _COLS = ['path', 'pid', 'camid', 'split']
 _VCOLS = ['paths', 'pid', 'camid', 'split', 'trackid', 'n_frames']
 
@@ -52,7 +52,7 @@ def _finish(rows, cols=_COLS):
     df['pid'] = df['pid'].astype(int); df['camid'] = df['camid'].astype(int)
     return df.reset_index(drop=True)
 
-# %% ../nbs/02_datasets.ipynb #6c1418d1
+# %% ../nbs/02_datasets.ipynb #aa1e4c0d
 MARKET_PAT = r'^(?P<pid>-?\d+)_c(?P<camid>\d+)'
 _MARKET_DIRS = dict(train='bounding_box_train', query='query', gallery='bounding_box_test')
 
@@ -91,7 +91,7 @@ def cuhk03_df(root, labeled=False, strict=True):
     r = _need(root, sub, 'CUHK03-NP', "'detected/' or 'labeled/' holding bounding_box_train, query, bounding_box_test")
     return market_like_df(r, f'CUHK03-NP ({sub})', strict=strict)
 
-# %% ../nbs/02_datasets.ipynb #e93548c9
+# %% ../nbs/02_datasets.ipynb #298aa1c0
 def _msmt_dir(root, which):
     for d in (which, f'mask_{which}_v2'):
         if (Path(root)/d).is_dir(): return Path(root)/d
@@ -123,7 +123,7 @@ def msmt17_df(root, combine_val=False, strict=True):
     for s in ('train', 'query', 'gallery'): _check_split(df, s, root/f'list_{s}.txt')
     return df
 
-# %% ../nbs/02_datasets.ipynb #d4f5c264
+# %% ../nbs/02_datasets.ipynb #f5d5c450
 def _loadmat(path, key):
     from scipy.io import loadmat
     try: d = loadmat(str(path))
@@ -159,7 +159,7 @@ def mars_df(root, query_in_gallery=False):
     for s in ('train', 'query', 'gallery'): _check_split(df, s, info)
     return df
 
-# %% ../nbs/02_datasets.ipynb #22200b78
+# %% ../nbs/02_datasets.ipynb #865aace3
 _DUKEV_PAT = re.compile(r'_C(\d+)_F(\d+)')
 
 def dukev_df(root, strict=True):
@@ -187,7 +187,7 @@ def dukev_df(root, strict=True):
     for s in ('train', 'query', 'gallery'): _check_split(df, s, Path(root)/s)
     return df
 
-# %% ../nbs/02_datasets.ipynb #108e4055
+# %% ../nbs/02_datasets.ipynb #64da1013
 def _two_cam_df(persons_tr, persons_te, cams, pid_of, name):
     rows = []
     for split_persons, is_train in ((persons_tr, True), (persons_te, False)):
@@ -233,7 +233,7 @@ def prid2011_df(root, split=0):
     return _two_cam_df([name(p) for p in sp['train']], [name(p) for p in sp['test']], cams,
                        lambda p: int(re.sub(r'\D', '', p)), 'PRID2011')
 
-# %% ../nbs/02_datasets.ipynb #f174e742
+# %% ../nbs/02_datasets.ipynb #c4c46921
 def folder_df(root, pattern=MARKET_PAT, splits=None, camid_base=1, strict=True):
     "Parse your own split folders with a regex (named groups `pid`, `camid`) matched on the relative path."
     root = check_dir(root, 'dataset root')
