@@ -9,7 +9,7 @@ __all__ = ['LIP_LABELS', 'PARTS', 'LIP_GROUPING', 'LOSSY_EXTS', 'IAUNET_PART_FIL
            'prior_foreground', 'prior_part_map', 'list_images', 'match_lip_labels', 'match_iaunet_folders',
            'precompute_part_masks', 'PartMasks', 'load_part_masks', 'masks_cli']
 
-# %% ../nbs/04_part_masks.ipynb #04efad4f
+# %% ../nbs/04_part_masks.ipynb #fde27b0a
 from .core import *
 import json, hashlib, shutil, time, math
 from pathlib import Path
@@ -20,7 +20,7 @@ from PIL import Image
 from fastprogress.fastprogress import progress_bar
 from fastcore.basics import store_attr
 
-# %% ../nbs/04_part_masks.ipynb #6bb94006
+# %% ../nbs/04_part_masks.ipynb #1b834c7e
 LIP_LABELS = ['background', 'hat', 'hair', 'glove', 'sunglasses', 'upper-clothes', 'dress', 'coat', 'socks',
               'pants', 'jumpsuits', 'scarf', 'skirt', 'face', 'left-arm', 'right-arm', 'left-leg', 'right-leg',
               'left-shoe', 'right-shoe']
@@ -28,7 +28,7 @@ PARTS = ['head', 'upper', 'lower', 'shoes']
 LIP_GROUPING = {'head': (1, 2, 4, 13), 'upper': (3, 5, 6, 7, 10, 11, 14, 15), 'lower': (9, 12, 16, 17),
                 'shoes': (8, 18, 19)}
 
-# %% ../nbs/04_part_masks.ipynb #858f9c5c
+# %% ../nbs/04_part_masks.ipynb #54ad8afa
 def check_grouping(grouping=LIP_GROUPING) -> dict:
     "Validate a `{part: LIP ids}` grouping; return it normalised to `{part: sorted list}` in `PARTS` order."
     if not isinstance(grouping, dict): raise ReIDInputError(f"grouping must be a dict {{part: LIP ids}}, got {type(grouping).__name__}")
@@ -53,7 +53,7 @@ def grouping_lut(grouping=LIP_GROUPING) -> np.ndarray:
         lut[g[part]] = k + 1
     return lut
 
-# %% ../nbs/04_part_masks.ipynb #d3cd2e6f
+# %% ../nbs/04_part_masks.ipynb #cdc09c64
 def lip_to_parts(label_map, grouping=LIP_GROUPING) -> np.ndarray:
     "Group a LIP id map (array-like [..., H, W] of ints 0..19) into a uint8 part map: 0 bg, 1 head, 2 upper, 3 lower, 4 shoes."
     m = to_numpy(label_map)
@@ -67,7 +67,7 @@ def parts_to_onehot(part_map, k:int=len(PARTS)) -> np.ndarray:
     m = np.asarray(part_map)
     return (m[..., None, :, :] == np.arange(1, k+1, dtype=m.dtype)[:, None, None]).astype(np.float32)
 
-# %% ../nbs/04_part_masks.ipynb #6e4cf4be
+# %% ../nbs/04_part_masks.ipynb #9fb9c741
 def resize_nearest(m, size) -> np.ndarray:
     "Resize a [H, W] label map to `size` = (height, width) with centre-sampling nearest neighbour."
     m = np.asarray(m); h, w = m.shape[:2]; H, W = size
@@ -77,7 +77,7 @@ def resize_nearest(m, size) -> np.ndarray:
     ci = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.intp), w - 1)
     return m[ri[:, None], ci[None, :]]
 
-# %% ../nbs/04_part_masks.ipynb #05e25a73
+# %% ../nbs/04_part_masks.ipynb #8bf5883d
 LOSSY_EXTS = ('.jpg', '.jpeg', '.jpe', '.jfif', '.webp')
 
 def _bad(cat, detail): return None, f"{cat}: {detail}"
@@ -105,7 +105,7 @@ def read_lip_png(path):
         return _bad('bad label id', f"'{path}' holds id {mx} > {len(LIP_LABELS)-1} (not a LIP label map?)")
     return a.astype(np.uint8, copy=False), ''
 
-# %% ../nbs/04_part_masks.ipynb #bc9dcc53
+# %% ../nbs/04_part_masks.ipynb #0502f746
 IAUNET_PART_FILES = ('head', 'upper_clothes', 'lower_clothes', 'shoes')
 
 def _read_binary(path):
@@ -133,7 +133,7 @@ def read_iaunet_parts(folder, part_files=IAUNET_PART_FILES):
         res[a] = k + 1
     return res, ''
 
-# %% ../nbs/04_part_masks.ipynb #ef7e2e62
+# %% ../nbs/04_part_masks.ipynb #85fc8b0c
 PRIOR_BOUNDS = (0.18, 0.53, 0.93)
 
 def prior_foreground(img, iters:int=3, border:float=0.06, ellipse=(0.33, 0.46), max_h:int=256) -> np.ndarray:
@@ -174,7 +174,7 @@ def prior_part_map(img, bounds=PRIOR_BOUNDS, min_fg:float=0.05, **kwargs):
     band = (np.searchsorted(np.asarray(bounds), t, side='right') + 1).astype(np.uint8)
     return np.where(fg, band[:, None], 0).astype(np.uint8), ''
 
-# %% ../nbs/04_part_masks.ipynb #aa72e16a
+# %% ../nbs/04_part_masks.ipynb #f2f1bb70
 def list_images(image_dir, image_glob:str=None, recursive:bool=True) -> list:
     "Sorted posix paths (relative to `image_dir`) of the non-hidden image files under `image_dir`."
     image_dir = check_dir(image_dir, 'image_dir')
@@ -236,7 +236,7 @@ def match_iaunet_folders(names, label_dir) -> list:
                              f"lower_clothes,shoes}}.png for any image (e.g. '{label_dir/Path(_strip(names[0])).name}/head.png')")
     return res
 
-# %% ../nbs/04_part_masks.ipynb #b2e4caf6
+# %% ../nbs/04_part_masks.ipynb #591bc268
 def _img_size(path):
     try:
         with Image.open(path) as im: return im.size[::-1], ''
@@ -244,7 +244,11 @@ def _img_size(path):
 
 def _parse_one(job):
     "(parser, image path, label ref, size (H, W), lut, prior kwargs) → (uint8 [H, W] or None, reason, resized)."
-    parser, img_path, ref, size, lut, pkw = job
+    try: return _parse_one_(*job)
+    except Exception as e:  # an unforeseen per-file failure is recorded like the foreseen ones, never a crash mid-way
+        return None, f"error: '{job[1]}' ({job[2] or job[0]}): {type(e).__name__}: {e}", False
+
+def _parse_one_(parser, img_path, ref, size, lut, pkw):
     if parser == 'prior':
         try:
             with Image.open(img_path) as im: img = np.asarray(im.convert('RGB'))
@@ -267,7 +271,7 @@ def _parse_one(job):
     if not (m[m != 255] > 0).any(): return None, f"empty mask: no part pixel for '{img_path}' ({ref or 'prior'})", False
     return np.ascontiguousarray(resize_nearest(m, size)), '', tuple(m.shape) != tuple(size)
 
-# %% ../nbs/04_part_masks.ipynb #2847f405
+# %% ../nbs/04_part_masks.ipynb #9fdd17a7
 _FORMAT = 1
 
 def _work_chunk(jobs, pool=None):
@@ -293,7 +297,7 @@ def _complete(out, key):
     except Exception: return False
     return meta.get('key') == key and (out/'masks.npy').is_file() and (out/'index.json').is_file()
 
-# %% ../nbs/04_part_masks.ipynb #4ff84bd5
+# %% ../nbs/04_part_masks.ipynb #6a9c4e54
 def precompute_part_masks(image_dir, out, parser:str='lip', label_dir=None, size=(256, 128), grouping=LIP_GROUPING,
                           image_glob:str=None, recursive:bool=True, n_workers:int=0, chunk:int=512,
                           overwrite:bool=False, progress:bool=True, verbose:bool=True, prior_kwargs:dict=None):
@@ -373,7 +377,7 @@ def _summary(out, meta, reasons, n_show=5):
     if len(reasons) > n_show: s += f"\n  ... {len(reasons) - n_show} more in {Path(out)/'index.json'}"
     return s
 
-# %% ../nbs/04_part_masks.ipynb #d1e926e4
+# %% ../nbs/04_part_masks.ipynb #dcb4cc52
 class PartMasks:
     "Cached part maps: `.masks` uint8 [N, H, W] (memory-mapped), `.names`, `.valid` bool [N], `.meta`; lookup with `get`."
     def __init__(self, masks, names, valid, meta, reasons=None):
@@ -401,10 +405,10 @@ class PartMasks:
             try: r = pp.relative_to(self._root).as_posix()
             except ValueError: r = None
             if r in self._idx: return self._idx[r]
-            parts = pp.parts
-            for k in range(1, len(parts)):
-                t = '/'.join(parts[k:])
-                if t in self._idx: return self._idx[t]
+        parts = [q for q in pp.parts if q not in ('/', '.')]
+        for k in range(1, len(parts)):  # a moved dataset, or a path relative to another folder: match trailing folders
+            t = '/'.join(parts[k:])
+            if t in self._idx: return self._idx[t]
         return self._stem.get(pp.stem)
 
     def get(self, p):
@@ -441,7 +445,7 @@ def load_part_masks(out, mmap:bool=True) -> PartMasks:
                              f"{n} names, size {list(size)}")
     return PartMasks(masks, idx['names'], idx['valid'], meta, idx.get('reasons'))
 
-# %% ../nbs/04_part_masks.ipynb #7dfc12d3
+# %% ../nbs/04_part_masks.ipynb #8ef82bf6
 def masks_cli(image_dir:str,              # folder of images (searched recursively)
               out:str,                    # cache folder to write (masks.npy, index.json, meta.json)
               parser:str='lip',           # 'lip' (JPPNet/SCHP label PNGs), 'iaunet' (authors' part folders) or 'prior' (offline)

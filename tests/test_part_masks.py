@@ -242,15 +242,28 @@ def test_part_masks_lookup(tmp_path):
     assert isinstance(pm, PartMasks) and len(pm) == 3 and isinstance(pm.masks, np.memmap) and pm.masks.dtype == np.uint8
     m = pm.masks[1]
     for key in (names[1], img_dir/names[1], str(img_dir/names[1]), Path(names[1]).stem,
-                Path('/moved/elsewhere/images')/names[1]):
+                Path('/moved/elsewhere/images')/names[1], 'images/' + names[1]):
         np.testing.assert_array_equal(pm.get(key), m)
     assert pm.get('nope.jpg') is None and 'unknown' in pm.reason('nope.jpg')
+    assert pm.get('/data/other/bounding_box_train/nope.jpg') is None
     assert pm.onehot(names[1]).shape == (4, 32, 16)
     assert set(np.unique(np.asarray(pm.masks))) <= {0, 1, 2, 3, 4}
     pm2 = load_part_masks(tmp_path/'cache', mmap=False)
     assert not isinstance(pm2.masks, np.memmap) and pm2.names == pm.names
     (tmp_path/'cache'/'masks.npy').write_bytes(b'garbage')
     with pytest.raises(ReIDInputError, match='unreadable'): load_part_masks(tmp_path/'cache')
+
+
+def test_unforeseen_per_file_error_is_recorded_not_raised(tmp_path, monkeypatch):
+    img_dir, lab_dir, names = write_dataset(tmp_path, n=3)
+    orig = pmod.read_lip_png
+    def flaky(path):
+        if Path(path).stem == Path(names[1]).stem: raise MemoryError('simulated decoder failure')
+        return orig(path)
+    monkeypatch.setattr(pmod, 'read_lip_png', flaky)
+    pm = build(img_dir, tmp_path/'cache', lab_dir)
+    assert pm.valid.tolist() == [True, False, True] and pm.meta['counts']['invalid_by_reason'] == {'error': 1}
+    assert 'MemoryError' in pm.reason(names[1]) and Path(names[1]).stem in pm.reason(names[1])
 
 
 # ---------------------------------------------------------------- offline prior
