@@ -94,7 +94,7 @@ def report(r, cmd):
     for name, k, t, rate in r['rows']:
         lines.append(f'| {name} | {k} | {t:.3f} | {"—" if rate != rate else f"{rate:,.0f}"} |')
     lines += ['', f"Offline prior parser vs the true maps ({r['n_prior']} train images, {r['prior_invalid']} found no "
-              f"foreground {r['prior_reasons'] or ''}; those count as empty predictions):", '',
+              f"foreground{'; those count as empty predictions' if r['prior_invalid'] else ''}):", '',
               '| | foreground | ' + ' | '.join(PARTS) + ' | mean of 4 parts |', '|---|---:|' + '---:|' * 5]
     lines.append('| IoU, dataset-level (Σ∩/Σ∪) | ' + ' | '.join(f'{v:.3f}' for v in r['iou']) + f" | {r['iou'][1:].mean():.3f} |")
     lines.append('| IoU, mean per image | ' + ' | '.join(f'{v:.3f}' for v in r['iou_img']) + f" | {np.nanmean(r['iou_img'][1:]):.3f} |")
