@@ -8,7 +8,7 @@ ranked lists)."""
 __all__ = ['pairwise_distance', 'evaluate_retrieval', 'aggregate_tracklets', 'query_gallery_split', 'evaluate_tracklets',
            're_ranking', 'plot_cmc', 'show_ranked']
 
-# %% ../nbs/08_metrics.ipynb #fee8a863
+# %% ../nbs/08_metrics.ipynb #7c757ea8
 from .core import *
 import math, time
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from pathlib import Path
 
-# %% ../nbs/08_metrics.ipynb #8175fa7d
+# %% ../nbs/08_metrics.ipynb #2ac7de4d
 def _as_tensor(x, name, dtype=None):
     "`x` (numpy / list / tensor) as a tensor, without copying when possible."
     if x is None: raise ReIDInputError(f"`{name}` is required")
@@ -29,7 +29,7 @@ def _check_ids(ids, n, name):
     if len(t) != n: raise ReIDInputError(f"`{name}` has {len(t)} entries but there are {n} items")
     return t.long()
 
-# %% ../nbs/08_metrics.ipynb #e60b9b6b
+# %% ../nbs/08_metrics.ipynb #108a03ad
 def pairwise_distance(qf, gf, metric='cosine', gnorm=None):
     "Distance block [q, G] between features `qf` [q, D] and `gf` [G, D]: `1 - cos` or Euclidean (float32)."
     qf, gf = qf.float(), gf.float()
@@ -43,11 +43,11 @@ def pairwise_distance(qf, gf, metric='cosine', gnorm=None):
         return d.clamp_min_(0.).sqrt_()
     raise ReIDInputError(f"`metric` must be 'cosine' or 'euclidean', got {metric!r}")
 
-# %% ../nbs/08_metrics.ipynb #0bed26bc
+# %% ../nbs/08_metrics.ipynb #4b13d95a
 def _count_below(d, thr, B=2048, buf=None):
     """For a distance block `d` [c,G] and ascending thresholds `thr` [c,P] (row-wise; `inf` = padding, at least
-    one finite per row): `(#{j: d[i,j] < thr[i,k]}, #{j: d[i,j] == thr[i,k]})`, int64 [c,P] each.
-    `buf` = optional reusable (float [>=c,G], long [>=c,G]) scratch blocks."""
+    one finite per row): `less` = #{j: d[i,j] < thr[i,k]} (int64 [c,P]) and the exact ties `(i, j, k)` with
+    d[i,j] == thr[i,k] (three 1-D tensors). `buf` = optional reusable (float, long) scratch blocks [>=c, G]."""
     c, G = d.shape; P = thr.shape[1]
     fin = torch.isfinite(thr)
     a = thr[:, :1]
@@ -64,10 +64,10 @@ def _count_below(d, thr, B=2048, buf=None):
     r, j = table.gather(1, bins).nonzero(as_tuple=True)      # items sharing a bin with some threshold (few)
     v, vb, t = d[r, j][:, None], bins[r, j][:, None], thr[r]
     less = below.index_add_(0, r, ((vb == tb[r]) & (v < t)).long())
-    eq = torch.zeros(c, P, dtype=torch.long, device=d.device).index_add_(0, r, (v == t).long())
-    return less, eq
+    e, k = (v == t).nonzero(as_tuple=True)                   # exact ties: (row, gallery item, threshold)
+    return less, (r[e], j[e], k)
 
-# %% ../nbs/08_metrics.ipynb #9c60e5d7
+# %% ../nbs/08_metrics.ipynb #04e99b4f
 def _same_pid_index(q_pids, g_pids):
     "Gallery indices sorted by pid, and for each query the start/length of its pid's run."
     order = torch.argsort(g_pids, stable=True); sp_ = g_pids[order]
@@ -77,36 +77,40 @@ def _same_pid_index(q_pids, g_pids):
     found = (uniq[k] == q_pids) & (q_pids != -1)
     return order, start[k], torch.where(found, cnt[k], 0)
 
+def _has_match(qc, order, qstart, qlen, gc):
+    "True for queries with a gallery item of the same pid from another camera."
+    n = torch.repeat_interleave(torch.arange(len(qlen), device=qlen.device), qlen)   # one row per same-pid pair
+    off = torch.arange(len(n), device=qlen.device) - torch.repeat_interleave(torch.cumsum(qlen, 0) - qlen, qlen)
+    diff = gc[order[qstart[n] + off]] != qc[n]
+    return torch.zeros(len(qlen), dtype=torch.long, device=qlen.device).index_add_(0, n, diff.long()) > 0
+
 def _stable_ranks(drow, pos, valid):
     "Reference ranks of one row by a stable sort of its valid items (tie fallback)."
     order = torch.sort(drow[valid], stable=True).indices
     return (pos[valid][order]).nonzero().flatten().double() + 1
 
-def _chunk_ranks(d, qp, qc, gp, gc, order, qstart, qlen, buf=None):
+def _chunk_ranks(d, qp, qc, gp, order, qstart, qlen, gc, buf=None):
+    "1-based ranks (ascending, inf-padded [c,P]) of each query's true matches among its valid items, and their number."
     c, G = d.shape
     S = max(int(qlen.max()), 1)
     ar = torch.arange(S, device=d.device)
     m = ar[None] < qlen[:, None]
-    idx = order[(qstart[:, None] + ar[None]).clamp_max(G - 1)]
-    ds, scam = d.gather(1, idx), gc[idx]
-    pos = m & (scam != qc[:, None])
+    idx = order[(qstart[:, None] + ar[None]).clamp_max(G - 1)]        # same-pid gallery items, ascending index
+    ds = d.gather(1, idx)
+    pos = m & (gc[idx] != qc[:, None])
     npos = pos.sum(1)
-    p = ds.masked_fill(~pos, math.inf).sort(1).values
-    P = max(int(npos.max()), 1); p = p[:, :P].contiguous()
-    less, eq = _count_below(d, p, buf=buf)
-    below = (ds[:, None, :] < p[:, :, None]) & m[:, None, :]            # same-pid items below p_k: [c,P,S]
-    same_eq = ((ds[:, None, :] == p[:, :, None]) & m[:, None, :]).sum(2)
+    p, si = ds.masked_fill(~pos, math.inf).sort(dim=1, stable=True)  # equal distances keep index order
+    P = max(int(npos.max()), 1); p, pidx = p[:, :P].contiguous(), idx.gather(1, si[:, :P])
+    less, (ti, tj, tk) = _count_below(d, p, buf=buf)
+    below = ((ds[:, None, :] < p[:, :, None]) & m[:, None, :]).sum(2)  # same-pid items (matches, junk) below p_k
+    before = (gp[tj] != qp[ti]) & (tj < pidx[ti, tk])                 # tied negatives earlier in the gallery
+    tied = torch.zeros_like(less).index_put_((ti[before], tk[before]), torch.ones_like(ti[before]), accumulate=True)
     k = torch.arange(1, P + 1, device=d.device)
-    ranks = (k[None] + less - below.sum(2)).double()
+    ranks = (k[None] + less - below + tied).double()
     ranks[k[None] > npos[:, None]] = math.inf
-    tie = ((eq - same_eq > 0) & (k[None] <= npos[:, None])).any(1)
-    for i in tie.nonzero().flatten().tolist():                          # negative == positive: stable order
-        same = gp == qp[i]
-        h = _stable_ranks(d[i], same & (gc != qc[i]), ~same | (gc != qc[i]))
-        ranks[i] = math.inf; ranks[i, :len(h)] = h
     return ranks, npos
 
-# %% ../nbs/08_metrics.ipynb #b2915489
+# %% ../nbs/08_metrics.ipynb #3109b867
 def _match_ranks(d, pos, neg):
     "Ranks (1-based, among pos|neg) of the `pos` items of each row by a stable sort, padded with inf: [c, Pmax]."
     npos = pos.sum(1); P = max(int(npos.max()), 1)
@@ -124,7 +128,7 @@ def _sgs_select(valid, g_pids, gen):
     m = torch.full((c, len(uniq)), 3., device=valid.device).scatter_reduce_(1, inv[None].expand(c, G), u, 'amin')
     return valid & (u == m.gather(1, inv[None].expand(c, G)))
 
-# %% ../nbs/08_metrics.ipynb #886a1b49
+# %% ../nbs/08_metrics.ipynb #2e97e9ec
 def _metrics_from_ranks(ranks, npos):
     "Per-query first rank, AP and INP from the padded match ranks (valid queries only)."
     P = ranks.shape[1]
@@ -134,19 +138,19 @@ def _metrics_from_ranks(ranks, npos):
     last = rk.gather(1, (npos - 1).clamp_min(0)[:, None])[:, 0]
     return rk[:, 0], ap, npos.double() / last
 
-# %% ../nbs/08_metrics.ipynb #1984b0d8
-def _prep_features(x, name, device):
+# %% ../nbs/08_metrics.ipynb #cae932a2
+def _prep_features(x, name, device, check=True):
     t = _as_tensor(x, name)
     if t.ndim != 2: raise ReIDInputError(f"`{name}` must be a 2-D array, got shape {tuple(t.shape)}")
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ReIDInputError(f"`{name}` is empty {tuple(t.shape)}: nothing to evaluate (empty query or gallery set?)")
-    check_finite(t, f"`{name}`")
+    if check: check_finite(t, f"`{name}`")
     return t.to(device) if t.device != device else t
 
 def _sync(dev):
     if dev.type == 'cuda': torch.cuda.synchronize(dev)
 
-# %% ../nbs/08_metrics.ipynb #c7d58d24
+# %% ../nbs/08_metrics.ipynb #19947d10
 def evaluate_retrieval(qf=None, gf=None, q_pids=None, g_pids=None, q_camids=None, g_camids=None,
                        metric='cosine', max_rank=20, dist=None, chunk_size=None, device=None,
                        protocol='market', sgs_repeats=10, seed=0, per_query=False) -> dict:
@@ -161,7 +165,7 @@ def evaluate_retrieval(qf=None, gf=None, q_pids=None, g_pids=None, q_camids=None
     if dist is not None: dev = best_device(device) if device is not None else (dist.device if isinstance(dist, torch.Tensor) else torch.device('cpu'))
     else: dev = best_device(device) if device is not None else (qf.device if isinstance(qf, torch.Tensor) else torch.device('cpu'))
     if dist is not None:
-        D = _prep_features(dist, 'dist', dev); Q, G = D.shape
+        D = _prep_features(dist, 'dist', dev, check=False); Q, G = D.shape   # checked per chunk (row sums)
     else:
         qf, gf = _prep_features(qf, 'qf', dev), _prep_features(gf, 'gf', dev)
         if qf.shape[1] != gf.shape[1]: raise ReIDInputError(f"`qf` has dim {qf.shape[1]} but `gf` has dim {gf.shape[1]}")
@@ -181,6 +185,7 @@ def evaluate_retrieval(qf=None, gf=None, q_pids=None, g_pids=None, q_camids=None
     cs = int(chunk_size or max(1, min(Q, 2**23 // Gk)))
     buf = (torch.empty(cs, Gk, device=dev), torch.empty(cs, Gk, dtype=torch.long, device=dev)) if protocol == 'market' else None
     order, qstart, qlen = _same_pid_index(qp, gp)
+    if protocol == 'market': has_pos = _has_match(qc, order, qstart, qlen, gc)
     gen = torch.Generator().manual_seed(seed)
     reps = sgs_repeats if protocol == 'cuhk03_sgs' else 1
     first, ap, inp = (torch.full((Q,), math.nan, dtype=torch.float64) for _ in range(3))
@@ -191,18 +196,17 @@ def evaluate_retrieval(qf=None, gf=None, q_pids=None, g_pids=None, q_camids=None
         t0 = time.perf_counter()
         if dist is not None:
             d = D[s:e].float()
+            if not torch.isfinite(d.sum(1)).all(): check_finite(d, '`dist`')
             if keep is not None: d = d[:, keep]
         else: d = pairwise_distance(qf[s:e], gf, metric, gnorm)
         _sync(dev); t1 = time.perf_counter(); t_dist += t1 - t0
         acc = [0., 0., 0.]
         if protocol == 'market':
-            ok = (qlen[s:e] > 0)
-            ok &= (gc[order[(qstart[s:e, None] + torch.arange(max(int(qlen[s:e].max()), 1), device=dev)).clamp_max(Gk - 1)]]
-                   != qc[s:e, None]).logical_and_(torch.arange(max(int(qlen[s:e].max()), 1), device=dev)[None] < qlen[s:e, None]).any(1)
+            ok = has_pos[s:e]
             if ok.any():
                 sel = ok.nonzero().flatten()
-                ranks, npos = _chunk_ranks(d[sel] if len(sel) < e - s else d, qp[s:e][sel], qc[s:e][sel], gp, gc,
-                                           order, qstart[s:e][sel], qlen[s:e][sel], buf)
+                ranks, npos = _chunk_ranks(d[sel] if len(sel) < e - s else d, qp[s:e][sel], qc[s:e][sel], gp,
+                                           order, qstart[s:e][sel], qlen[s:e][sel], gc, buf)
                 acc = [t.cpu() for t in _metrics_from_ranks(ranks, npos)]
         else:
             same = qp[s:e, None] == gp[None]
@@ -230,7 +234,7 @@ def evaluate_retrieval(qf=None, gf=None, q_pids=None, g_pids=None, q_camids=None
     if per_query: res.update(first_rank=first.numpy(), AP=ap.numpy(), INP=inp.numpy())
     return res
 
-# %% ../nbs/08_metrics.ipynb #7e912e81
+# %% ../nbs/08_metrics.ipynb #8ea2e3da
 def aggregate_tracklets(clip_feats, clip_track_idx, normalize=True):
     "Mean of clip features per tracklet index (then L2-normalised). Returns `(feats [T,D], track_ids [T])`, ids sorted."
     is_np = not isinstance(clip_feats, torch.Tensor)
@@ -244,7 +248,7 @@ def aggregate_tracklets(clip_feats, clip_track_idx, normalize=True):
     if normalize: out = F.normalize(out, dim=1)
     return (out.numpy(), ids.numpy()) if is_np else (out, ids)
 
-# %% ../nbs/08_metrics.ipynb #b45d4d45
+# %% ../nbs/08_metrics.ipynb #05103629
 def query_gallery_split(feats, pids, camids, is_query, gallery='non_query'):
     "`(qf, gf, q_pids, g_pids, q_camids, g_camids)` from one item list; `gallery='all'` keeps the queries in the gallery (MARS official)."
     if gallery not in ('non_query', 'all'): raise ReIDInputError(f"`gallery` must be 'non_query' or 'all', got {gallery!r}")
@@ -253,7 +257,7 @@ def query_gallery_split(feats, pids, camids, is_query, gallery='non_query'):
     g = torch.ones_like(q) if gallery == 'all' else ~q
     return f[q], f[g], p[q.cpu()], p[g.cpu()], c[q.cpu()], c[g.cpu()]
 
-# %% ../nbs/08_metrics.ipynb #85281f91
+# %% ../nbs/08_metrics.ipynb #7d580c25
 def evaluate_tracklets(clip_feats, clip_track_idx, pids, camids, is_query, mars='official', **kwargs):
     """Video evaluation: clips -> tracklet means -> `evaluate_retrieval`. `pids`, `camids`, `is_query` are per
     tracklet (indexed by tracklet id). `mars='official'` (gallery = all tracklets) or 'torchreid' (queries removed)."""
@@ -263,7 +267,7 @@ def evaluate_tracklets(clip_feats, clip_track_idx, pids, camids, is_query, mars=
     parts = query_gallery_split(tf, sel(pids), sel(camids), sel(is_query), 'all' if mars == 'official' else 'non_query')
     return evaluate_retrieval(*parts, **kwargs)
 
-# %% ../nbs/08_metrics.ipynb #fbbde523
+# %% ../nbs/08_metrics.ipynb #f6a89358
 def _knn(X, k, metric, rowmax, cs):
     "k nearest neighbours (sorted, self included) of every row of `X` among all rows, chunked; fills `rowmax`."
     N = len(X); nn = torch.empty(N, k, dtype=torch.long); gn = X.norm(dim=1)
@@ -280,7 +284,7 @@ def _pair_dist(X, i, j, metric, rowmax):
     else: d = (a - b).pow(2).sum(1).clamp_min(0).sqrt()
     return d.pow(2) / rowmax[i]
 
-# %% ../nbs/08_metrics.ipynb #94aa5e39
+# %% ../nbs/08_metrics.ipynb #1259ff00
 def re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric='cosine', chunk_size=None):
     "k-reciprocal re-ranking of `qf` [Q,D] vs `gf` [G,D] with sparse k-NN structures; returns float32 [Q,G] distance."
     import scipy.sparse as sp
@@ -331,7 +335,7 @@ def re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric='cosine', chunk_size=Non
         out[s:e] = jac * (1 - lambda_) + od * lambda_
     return out
 
-# %% ../nbs/08_metrics.ipynb #e0833e3e
+# %% ../nbs/08_metrics.ipynb #0e60261e
 def plot_cmc(results, labels=None, max_rank=None, ax=None, figsize=(4, 3), dpi=70):
     "Plot CMC curve(s) from `evaluate_retrieval` result dict(s) (or CMC arrays)."
     import matplotlib.pyplot as plt
@@ -347,7 +351,7 @@ def plot_cmc(results, labels=None, max_rank=None, ax=None, figsize=(4, 3), dpi=7
     if any(l is not None for l in labels) or any(isinstance(r, dict) for r in rs): ax.legend(fontsize=8)
     return ax
 
-# %% ../nbs/08_metrics.ipynb #af3e2aec
+# %% ../nbs/08_metrics.ipynb #1fc4a9f0
 def _load_img(x):
     if isinstance(x, (str, Path)):
         from PIL import Image
