@@ -5,17 +5,17 @@
 # %% auto #0
 __all__ = ['check_backbone_file', 'timm_stages', 'stage_table', 'IAUnet', 'VideoIAUnet']
 
-# %% ../nbs/06_models.ipynb #1a7d5915
+# %% ../nbs/06_models.ipynb #78e0ed13
 from .core import *
 from .layers import *
-import warnings
+import warnings, math
 from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import timm
 
-# %% ../nbs/06_models.ipynb #bed0bebd
+# %% ../nbs/06_models.ipynb #29234cfc
 def check_backbone_file(arch:str, f, **kwargs):
     "Raise `ReIDInputError` unless `f` holds the weights of timm's `arch` (classifier aside); timm loads non-strictly."
     from timm.models import load_state_dict as timm_load
@@ -53,6 +53,11 @@ def timm_stages(arch:str, pretrained:bool=False, pretrained_file=None, **kwargs)
         if pretrained_file is None: raise
         raise ReIDInputError(f"pretrained_file '{pretrained_file}' does not hold weights of a timm '{arch}' "
                              f"(another architecture?): {str(e).splitlines()[0]} ...") from e
+    except OSError as e:                     # hub/URL download failed (offline machine, no cache)
+        if not pretrained or pretrained_file is not None: raise
+        raise ReIDInputError(f"could not fetch the pretrained weights of '{arch}' ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:200]}); pass pretrained_file=<local .pth/.safetensors> "
+                             "or pretrained=False") from e
     return fm
 
 def stage_table(fm) -> dict:
@@ -68,9 +73,7 @@ def stage_table(fm) -> dict:
                              "a CNN pyramid (stride 4, 8, 16, 32); IAUnet needs a hierarchical CNN")
     return res
 
-# %% ../nbs/06_models.ipynb #8f14e019
-import math
-
+# %% ../nbs/06_models.ipynb #aa93239c
 def _set_module(root, name, new):
     parent, _, child = name.rpartition('.')
     setattr(root.get_submodule(parent) if parent else root, child, new)
@@ -92,7 +95,7 @@ def _apply_last_stride1(fm, keys) -> list:
                 changed.append(f'{key}.{name} (pool)')
     return changed
 
-# %% ../nbs/06_models.ipynb #c4d27192
+# %% ../nbs/06_models.ipynb #c66adb31
 class _ReIDNet(nn.Module):
     "Shared machinery of `IAUnet`/`VideoIAUnet`: backbone stages, inserted blocks, BNNeck."
     _block_cls = None
@@ -189,7 +192,7 @@ class _ReIDNet(nn.Module):
         self.load_state_dict(sd, strict=not skip_classifier)
         return self
 
-# %% ../nbs/06_models.ipynb #3d1125da
+# %% ../nbs/06_models.ipynb #c030b251
 class IAUnet(_ReIDNet):
     "IAUnet for images: `x [B, 3, H, W]` -> train `(logits, feat, part_logits)`, eval embedding `[B, embed_dim]`."
     def _make_block(self, C, parts, part_norm): return IAUBlock(C, parts, part_norm)
@@ -200,7 +203,7 @@ class IAUnet(_ReIDNet):
         f, parts = self.features_map(x)
         return self.neck(f.mean((2, 3)), parts)
 
-# %% ../nbs/06_models.ipynb #e0c396bb
+# %% ../nbs/06_models.ipynb #a8a05cad
 class VideoIAUnet(_ReIDNet):
     "IAUnet for clips: `x [B, T, 3, H, W]` -> train `(logits, feat, part_logits [B·T, K, h, w])`, eval embedding `[B, D]`."
     def __init__(self, arch='resnet50', num_classes:int=625, seq_len:int=4, **kwargs):
