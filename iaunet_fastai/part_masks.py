@@ -9,7 +9,7 @@ __all__ = ['LIP_LABELS', 'PARTS', 'LIP_GROUPING', 'LOSSY_EXTS', 'IAUNET_PART_FIL
            'prior_foreground', 'prior_part_map', 'list_images', 'match_lip_labels', 'match_iaunet_folders',
            'precompute_part_masks', 'PartMasks', 'load_part_masks', 'masks_cli']
 
-# %% ../nbs/04_part_masks.ipynb #4f9d66b0
+# %% ../nbs/04_part_masks.ipynb #a6274b3c
 from .core import *
 import json, hashlib, shutil, time, math
 from pathlib import Path
@@ -20,7 +20,7 @@ from PIL import Image
 from fastprogress.fastprogress import progress_bar
 from fastcore.basics import store_attr
 
-# %% ../nbs/04_part_masks.ipynb #20a3a8c3
+# %% ../nbs/04_part_masks.ipynb #1ed38e96
 LIP_LABELS = ['background', 'hat', 'hair', 'glove', 'sunglasses', 'upper-clothes', 'dress', 'coat', 'socks',
               'pants', 'jumpsuits', 'scarf', 'skirt', 'face', 'left-arm', 'right-arm', 'left-leg', 'right-leg',
               'left-shoe', 'right-shoe']
@@ -28,7 +28,7 @@ PARTS = ['head', 'upper', 'lower', 'shoes']
 LIP_GROUPING = {'head': (1, 2, 4, 13), 'upper': (3, 5, 6, 7, 10, 11, 14, 15), 'lower': (9, 12, 16, 17),
                 'shoes': (8, 18, 19)}
 
-# %% ../nbs/04_part_masks.ipynb #153edf34
+# %% ../nbs/04_part_masks.ipynb #7e3b8953
 def check_grouping(grouping=LIP_GROUPING) -> dict:
     "Validate a `{part: LIP ids}` grouping; return it normalised to `{part: sorted list}` in `PARTS` order."
     if not isinstance(grouping, dict): raise ReIDInputError(f"grouping must be a dict {{part: LIP ids}}, got {type(grouping).__name__}")
@@ -53,7 +53,7 @@ def grouping_lut(grouping=LIP_GROUPING) -> np.ndarray:
         lut[g[part]] = k + 1
     return lut
 
-# %% ../nbs/04_part_masks.ipynb #d609c35c
+# %% ../nbs/04_part_masks.ipynb #2c126413
 def lip_to_parts(label_map, grouping=LIP_GROUPING) -> np.ndarray:
     "Group a LIP id map (array-like [..., H, W] of ints 0..19) into a uint8 part map: 0 bg, 1 head, 2 upper, 3 lower, 4 shoes."
     m = to_numpy(label_map)
@@ -67,7 +67,7 @@ def parts_to_onehot(part_map, k:int=len(PARTS)) -> np.ndarray:
     m = np.asarray(part_map)
     return (m[..., None, :, :] == np.arange(1, k+1, dtype=m.dtype)[:, None, None]).astype(np.float32)
 
-# %% ../nbs/04_part_masks.ipynb #bf592b2b
+# %% ../nbs/04_part_masks.ipynb #65e1dde6
 def resize_nearest(m, size) -> np.ndarray:
     "Resize a [H, W] label map to `size` = (height, width) with centre-sampling nearest neighbour."
     m = np.asarray(m); h, w = m.shape[:2]; H, W = size
@@ -77,7 +77,7 @@ def resize_nearest(m, size) -> np.ndarray:
     ci = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.intp), w - 1)
     return m[ri[:, None], ci[None, :]]
 
-# %% ../nbs/04_part_masks.ipynb #4f0818c9
+# %% ../nbs/04_part_masks.ipynb #a5844f12
 LOSSY_EXTS = ('.jpg', '.jpeg', '.jpe', '.jfif', '.webp')
 
 def _bad(cat, detail): return None, f"{cat}: {detail}"
@@ -105,7 +105,7 @@ def read_lip_png(path):
         return _bad('bad label id', f"'{path}' holds id {mx} > {len(LIP_LABELS)-1} (not a LIP label map?)")
     return a.astype(np.uint8, copy=False), ''
 
-# %% ../nbs/04_part_masks.ipynb #c83220b1
+# %% ../nbs/04_part_masks.ipynb #e3848eb1
 IAUNET_PART_FILES = ('head', 'upper_clothes', 'lower_clothes', 'shoes')
 
 def _read_binary(path):
@@ -133,7 +133,7 @@ def read_iaunet_parts(folder, part_files=IAUNET_PART_FILES):
         res[a] = k + 1
     return res, ''
 
-# %% ../nbs/04_part_masks.ipynb #9fd19e14
+# %% ../nbs/04_part_masks.ipynb #87ec5612
 PRIOR_BOUNDS = (0.18, 0.53, 0.93)
 
 def prior_foreground(img, iters:int=3, border:float=0.06, ellipse=(0.33, 0.46), max_h:int=256) -> np.ndarray:
@@ -175,7 +175,7 @@ def prior_part_map(img, bounds=PRIOR_BOUNDS, min_fg:float=0.05, **kwargs):
     band = (np.searchsorted(np.asarray(bounds), t, side='right') + 1).astype(np.uint8)
     return np.where(fg, band[:, None], 0).astype(np.uint8), ''
 
-# %% ../nbs/04_part_masks.ipynb #537b17f7
+# %% ../nbs/04_part_masks.ipynb #1b7acd01
 def list_images(image_dir, image_glob:str=None, recursive:bool=True) -> list:
     "Sorted posix paths (relative to `image_dir`) of the non-hidden image files under `image_dir`."
     image_dir = check_dir(image_dir, 'image_dir')
@@ -237,7 +237,7 @@ def match_iaunet_folders(names, label_dir) -> list:
                              f"lower_clothes,shoes}}.png for any image (e.g. '{label_dir/Path(_strip(names[0])).name}/head.png')")
     return res
 
-# %% ../nbs/04_part_masks.ipynb #e217f81e
+# %% ../nbs/04_part_masks.ipynb #af1774ae
 def _img_size(path):
     try:
         with Image.open(path) as im: return im.size[::-1], ''
@@ -272,7 +272,7 @@ def _parse_one_(parser, img_path, ref, size, lut, pkw):
     if not (m[m != 255] > 0).any(): return None, f"empty mask: no part pixel for '{img_path}' ({ref or 'prior'})", False
     return np.ascontiguousarray(resize_nearest(m, size)), '', tuple(m.shape) != tuple(size)
 
-# %% ../nbs/04_part_masks.ipynb #e49da622
+# %% ../nbs/04_part_masks.ipynb #6bb4e1b5
 _FORMAT = 1
 
 def _work_chunk(jobs, pool=None):
@@ -298,7 +298,7 @@ def _complete(out, key):
     except Exception: return False
     return meta.get('key') == key and (out/'masks.npy').is_file() and (out/'index.json').is_file()
 
-# %% ../nbs/04_part_masks.ipynb #27ccd543
+# %% ../nbs/04_part_masks.ipynb #5a4a2e7a
 def precompute_part_masks(image_dir, out, parser:str='lip', label_dir=None, size=(256, 128), grouping=LIP_GROUPING,
                           image_glob:str=None, recursive:bool=True, n_workers:int=0, chunk:int=512,
                           overwrite:bool=False, progress:bool=True, verbose:bool=True, prior_kwargs:dict=None):
@@ -326,7 +326,11 @@ def precompute_part_masks(image_dir, out, parser:str='lip', label_dir=None, size
     params = dict(format=_FORMAT, parser=parser, grouping=g, size=list(size), image_dir=str(image_dir),
                   label_dir=str(label_dir) if label_dir else None, prior=pkw if parser == 'prior' else None)
     key = hashlib.sha1(json.dumps([params, names], sort_keys=True).encode()).hexdigest()
-    if not overwrite and _complete(out, key): return load_part_masks(out)
+    if not overwrite and _complete(out, key):
+        pm = load_part_masks(out)
+        if verbose: print(f"part masks: '{out}' is up to date ({pm.meta['counts']['valid']}/{len(pm)} valid); "
+                          "nothing to do (overwrite=True rebuilds)")
+        return pm
     refs = (match_lip_labels(names, image_dir, label_dir) if parser == 'lip' else
             match_iaunet_folders(names, label_dir) if parser == 'iaunet' else [None] * len(names))
     out.mkdir(parents=True, exist_ok=True)
@@ -378,7 +382,7 @@ def _summary(out, meta, reasons, n_show=5):
     if len(reasons) > n_show: s += f"\n  ... {len(reasons) - n_show} more in {Path(out)/'index.json'}"
     return s
 
-# %% ../nbs/04_part_masks.ipynb #09636e40
+# %% ../nbs/04_part_masks.ipynb #9b3353fa
 class PartMasks:
     "Cached part maps: `.masks` uint8 [N, H, W] (memory-mapped), `.names`, `.valid` bool [N], `.meta`; lookup with `get`."
     def __init__(self, masks, names, valid, meta, reasons=None):
@@ -446,7 +450,7 @@ def load_part_masks(out, mmap:bool=True) -> PartMasks:
                              f"{n} names, size {list(size)}")
     return PartMasks(masks, idx['names'], idx['valid'], meta, idx.get('reasons'))
 
-# %% ../nbs/04_part_masks.ipynb #9d9789a5
+# %% ../nbs/04_part_masks.ipynb #333fd1cc
 def masks_cli(image_dir:str,              # folder of images (searched recursively)
               out:str,                    # cache folder to write (masks.npy, index.json, meta.json)
               parser:str='lip',           # 'lip' (JPPNet/SCHP label PNGs), 'iaunet' (authors' part folders) or 'prior' (offline)

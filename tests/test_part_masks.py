@@ -298,6 +298,9 @@ def test_cli_and_data_prep_script(tmp_path):
                         str(lab_dir), '--height', '32', '--width', '16', '--no-progress'], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert '3/3 valid' in r.stdout
+    r = subprocess.run([sys.executable, str(ROOT/'data_prep'/'part_masks.py'), str(img_dir), str(tmp_path/'c2'), '--label-dir',
+                        str(lab_dir), '--height', '32', '--width', '16'], capture_output=True, text=True)
+    assert r.returncode == 0 and 'up to date' in r.stdout
     np.testing.assert_array_equal(np.asarray(load_part_masks(tmp_path/'c2').masks), np.asarray(load_part_masks(tmp_path/'c1').masks))
     r = subprocess.run([sys.executable, str(ROOT/'data_prep'/'part_masks.py'), str(img_dir), str(tmp_path/'c3'), '--label-dir',
                         str(tmp_path/'missing')], capture_output=True, text=True)
