@@ -6,7 +6,7 @@ computed once per validation (optionally every n epochs, with flip test-time aug
 # %% auto #0
 __all__ = ['RetrievalMetric', 'RetrievalEvaluator']
 
-# %% ../nbs/09_callbacks.ipynb #f17191a4
+# %% ../nbs/09_callbacks.ipynb #7fed225f
 from .core import *
 import math
 import numpy as np
@@ -17,7 +17,7 @@ from fastai.callback.core import Callback
 from fastai.learner import Metric
 from .metrics import evaluate_retrieval, aggregate_tracklets, query_gallery_split
 
-# %% ../nbs/09_callbacks.ipynb #9d30bff2
+# %% ../nbs/09_callbacks.ipynb #931e3dd9
 class RetrievalMetric(Metric):
     "One number (`key` of `evaluate_retrieval`'s result) of a `RetrievalEvaluator`, as a fastai `Metric`."
     def __init__(self, evaluator, key): self.evaluator, self.key = evaluator, key
@@ -30,7 +30,7 @@ class RetrievalMetric(Metric):
     @property
     def name(self): return self.key
 
-# %% ../nbs/09_callbacks.ipynb #94275776
+# %% ../nbs/09_callbacks.ipynb #9f75f14b
 class RetrievalEvaluator(Callback):
     "Collect eval embeddings during validation and publish retrieval metrics (see `metrics`)."
     order = 10

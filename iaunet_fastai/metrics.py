@@ -8,7 +8,7 @@ ranked lists)."""
 __all__ = ['pairwise_distance', 'evaluate_retrieval', 'aggregate_tracklets', 'query_gallery_split', 'evaluate_tracklets',
            're_ranking', 'plot_cmc', 'show_ranked']
 
-# %% ../nbs/08_metrics.ipynb #7c757ea8
+# %% ../nbs/08_metrics.ipynb #ca917eac
 from .core import *
 import math, time
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from pathlib import Path
 
-# %% ../nbs/08_metrics.ipynb #2ac7de4d
+# %% ../nbs/08_metrics.ipynb #3bd459a1
 def _as_tensor(x, name, dtype=None):
     "`x` (numpy / list / tensor) as a tensor, without copying when possible."
     if x is None: raise ReIDInputError(f"`{name}` is required")
@@ -29,7 +29,7 @@ def _check_ids(ids, n, name):
     if len(t) != n: raise ReIDInputError(f"`{name}` has {len(t)} entries but there are {n} items")
     return t.long()
 
-# %% ../nbs/08_metrics.ipynb #108a03ad
+# %% ../nbs/08_metrics.ipynb #2eb5a8de
 def pairwise_distance(qf, gf, metric='cosine', gnorm=None):
     "Distance block [q, G] between features `qf` [q, D] and `gf` [G, D]: `1 - cos` or Euclidean (float32)."
     qf, gf = qf.float(), gf.float()
@@ -43,7 +43,7 @@ def pairwise_distance(qf, gf, metric='cosine', gnorm=None):
         return d.clamp_min_(0.).sqrt_()
     raise ReIDInputError(f"`metric` must be 'cosine' or 'euclidean', got {metric!r}")
 
-# %% ../nbs/08_metrics.ipynb #4b13d95a
+# %% ../nbs/08_metrics.ipynb #b50db35b
 def _count_below(d, thr, B=2048, buf=None):
     """For a distance block `d` [c,G] and ascending thresholds `thr` [c,P] (row-wise; `inf` = padding, at least
     one finite per row): `less` = #{j: d[i,j] < thr[i,k]} (int64 [c,P]) and the exact ties `(i, j, k)` with
@@ -67,7 +67,7 @@ def _count_below(d, thr, B=2048, buf=None):
     e, k = (v == t).nonzero(as_tuple=True)                   # exact ties: (row, gallery item, threshold)
     return less, (r[e], j[e], k)
 
-# %% ../nbs/08_metrics.ipynb #04e99b4f
+# %% ../nbs/08_metrics.ipynb #24519f3e
 def _same_pid_index(q_pids, g_pids):
     "Gallery indices sorted by pid, and for each query the start/length of its pid's run."
     order = torch.argsort(g_pids, stable=True); sp_ = g_pids[order]
@@ -110,7 +110,7 @@ def _chunk_ranks(d, qp, qc, gp, order, qstart, qlen, gc, buf=None):
     ranks[k[None] > npos[:, None]] = math.inf
     return ranks, npos
 
-# %% ../nbs/08_metrics.ipynb #3109b867
+# %% ../nbs/08_metrics.ipynb #34330851
 def _match_ranks(d, pos, neg):
     "Ranks (1-based, among pos|neg) of the `pos` items of each row by a stable sort, padded with inf: [c, Pmax]."
     npos = pos.sum(1); P = max(int(npos.max()), 1)
@@ -128,7 +128,7 @@ def _sgs_select(valid, g_pids, gen):
     m = torch.full((c, len(uniq)), 3., device=valid.device).scatter_reduce_(1, inv[None].expand(c, G), u, 'amin')
     return valid & (u == m.gather(1, inv[None].expand(c, G)))
 
-# %% ../nbs/08_metrics.ipynb #2e97e9ec
+# %% ../nbs/08_metrics.ipynb #05c45a4a
 def _metrics_from_ranks(ranks, npos):
     "Per-query first rank, AP and INP from the padded match ranks (valid queries only)."
     P = ranks.shape[1]
@@ -138,7 +138,7 @@ def _metrics_from_ranks(ranks, npos):
     last = rk.gather(1, (npos - 1).clamp_min(0)[:, None])[:, 0]
     return rk[:, 0], ap, npos.double() / last
 
-# %% ../nbs/08_metrics.ipynb #cae932a2
+# %% ../nbs/08_metrics.ipynb #a5ab8d0f
 def _prep_features(x, name, device, check=True):
     t = _as_tensor(x, name)
     if t.ndim != 2: raise ReIDInputError(f"`{name}` must be a 2-D array, got shape {tuple(t.shape)}")
@@ -150,7 +150,7 @@ def _prep_features(x, name, device, check=True):
 def _sync(dev):
     if dev.type == 'cuda': torch.cuda.synchronize(dev)
 
-# %% ../nbs/08_metrics.ipynb #19947d10
+# %% ../nbs/08_metrics.ipynb #f2b99cea
 def evaluate_retrieval(qf=None, gf=None, q_pids=None, g_pids=None, q_camids=None, g_camids=None,
                        metric='cosine', max_rank=20, dist=None, chunk_size=None, device=None,
                        protocol='market', sgs_repeats=10, seed=0, per_query=False) -> dict:
@@ -234,7 +234,7 @@ def evaluate_retrieval(qf=None, gf=None, q_pids=None, g_pids=None, q_camids=None
     if per_query: res.update(first_rank=first.numpy(), AP=ap.numpy(), INP=inp.numpy())
     return res
 
-# %% ../nbs/08_metrics.ipynb #8ea2e3da
+# %% ../nbs/08_metrics.ipynb #d9d0eda6
 def aggregate_tracklets(clip_feats, clip_track_idx, normalize=True):
     "Mean of clip features per tracklet index (then L2-normalised). Returns `(feats [T,D], track_ids [T])`, ids sorted."
     is_np = not isinstance(clip_feats, torch.Tensor)
@@ -248,7 +248,7 @@ def aggregate_tracklets(clip_feats, clip_track_idx, normalize=True):
     if normalize: out = F.normalize(out, dim=1)
     return (out.numpy(), ids.numpy()) if is_np else (out, ids)
 
-# %% ../nbs/08_metrics.ipynb #05103629
+# %% ../nbs/08_metrics.ipynb #1a417d99
 def query_gallery_split(feats, pids, camids, is_query, gallery='non_query'):
     "`(qf, gf, q_pids, g_pids, q_camids, g_camids)` from one item list; `gallery='all'` keeps the queries in the gallery (MARS official)."
     if gallery not in ('non_query', 'all'): raise ReIDInputError(f"`gallery` must be 'non_query' or 'all', got {gallery!r}")
@@ -257,7 +257,7 @@ def query_gallery_split(feats, pids, camids, is_query, gallery='non_query'):
     g = torch.ones_like(q) if gallery == 'all' else ~q
     return f[q], f[g], p[q.cpu()], p[g.cpu()], c[q.cpu()], c[g.cpu()]
 
-# %% ../nbs/08_metrics.ipynb #7d580c25
+# %% ../nbs/08_metrics.ipynb #1e29f559
 def evaluate_tracklets(clip_feats, clip_track_idx, pids, camids, is_query, mars='official', **kwargs):
     """Video evaluation: clips -> tracklet means -> `evaluate_retrieval`. `pids`, `camids`, `is_query` are per
     tracklet (indexed by tracklet id). `mars='official'` (gallery = all tracklets) or 'torchreid' (queries removed)."""
@@ -267,7 +267,7 @@ def evaluate_tracklets(clip_feats, clip_track_idx, pids, camids, is_query, mars=
     parts = query_gallery_split(tf, sel(pids), sel(camids), sel(is_query), 'all' if mars == 'official' else 'non_query')
     return evaluate_retrieval(*parts, **kwargs)
 
-# %% ../nbs/08_metrics.ipynb #f6a89358
+# %% ../nbs/08_metrics.ipynb #e2245f77
 def _knn(X, k, metric, rowmax, cs):
     "k nearest neighbours (sorted, self included) of every row of `X` among all rows, chunked; fills `rowmax`."
     N = len(X); nn = torch.empty(N, k, dtype=torch.long); gn = X.norm(dim=1)
@@ -284,7 +284,7 @@ def _pair_dist(X, i, j, metric, rowmax):
     else: d = (a - b).pow(2).sum(1).clamp_min(0).sqrt()
     return d.pow(2) / rowmax[i]
 
-# %% ../nbs/08_metrics.ipynb #1259ff00
+# %% ../nbs/08_metrics.ipynb #90d3bcf4
 def re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric='cosine', chunk_size=None):
     "k-reciprocal re-ranking of `qf` [Q,D] vs `gf` [G,D] with sparse k-NN structures; returns float32 [Q,G] distance."
     import scipy.sparse as sp
@@ -335,8 +335,8 @@ def re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric='cosine', chunk_size=Non
         out[s:e] = jac * (1 - lambda_) + od * lambda_
     return out
 
-# %% ../nbs/08_metrics.ipynb #0e60261e
-def plot_cmc(results, labels=None, max_rank=None, ax=None, figsize=(4, 3), dpi=70):
+# %% ../nbs/08_metrics.ipynb #84d62d52
+def plot_cmc(results, labels=None, max_rank=None, ax=None, figsize=(3.5, 2.6), dpi=50):
     "Plot CMC curve(s) from `evaluate_retrieval` result dict(s) (or CMC arrays)."
     import matplotlib.pyplot as plt
     rs = results if isinstance(results, (list, tuple)) else [results]
@@ -351,7 +351,7 @@ def plot_cmc(results, labels=None, max_rank=None, ax=None, figsize=(4, 3), dpi=7
     if any(l is not None for l in labels) or any(isinstance(r, dict) for r in rs): ax.legend(fontsize=8)
     return ax
 
-# %% ../nbs/08_metrics.ipynb #1fc4a9f0
+# %% ../nbs/08_metrics.ipynb #f1b26bfc
 def _load_img(x):
     if isinstance(x, (str, Path)):
         from PIL import Image
@@ -361,7 +361,7 @@ def _load_img(x):
     return a
 
 def show_ranked(queries, gallery, dist, q_pids=None, g_pids=None, q_camids=None, g_camids=None, k=10,
-                n_queries=None, figsize_per=(1., 2.), dpi=70, border=4):
+                n_queries=None, figsize_per=(.8, 1.6), dpi=50, border=3):
     "Grid: each query (blue) and its top-`k` gallery items by `dist` [Q,G] (green = true match, red = false); junk skipped."
     import matplotlib.pyplot as plt
     d = to_numpy(dist); Q = len(d) if n_queries is None else min(n_queries, len(d))
