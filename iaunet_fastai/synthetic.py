@@ -6,13 +6,13 @@ layouts, with the LIP label map that JPPNet would write for every image."""
 # %% auto #0
 __all__ = ['make_synthetic_reid', 'synth_cli']
 
-# %% ../nbs/01_synthetic.ipynb #347438ee
+# %% ../nbs/01_synthetic.ipynb #c787dc73
 import os, io, json, time, zlib, shutil, multiprocessing as mp
 from pathlib import Path
 import numpy as np, cv2
 from .core import *
 
-# %% ../nbs/01_synthetic.ipynb #e2029415
+# %% ../nbs/01_synthetic.ipynb #9f77b026
 # Colours are RGB here; the renderer flips them to OpenCV's BGR once.
 _SKIN = [(255,224,196), (234,192,160), (198,146,110), (150,100,70), (95,62,45)]
 _HAIR = [(20,20,20), (70,45,25), (130,90,50), (200,170,110), (150,150,150)]
@@ -40,7 +40,7 @@ def _random_identity(rng) -> dict:
                 bag_col=int(rng.integers(len(_CLOTH))), bag_side=int(rng.choice([-1, 1])),
                 build=float(rng.uniform(1.15, 1.5)), height=float(rng.uniform(.88, 1.)))
 
-# %% ../nbs/01_synthetic.ipynb #e3405ac6
+# %% ../nbs/01_synthetic.ipynb #c2787918
 def _random_camera(rng, idx) -> dict:
     "One camera: background seed and style, light, colour cast, viewpoint mix, jitter, blur, occlusion, JPEG quality."
     v = rng.dirichlet([2, 2, 1, 1])
@@ -99,7 +99,7 @@ def _background(cam, H, W):
     _BG_CACHE[key] = res = (bg, lut, tex)
     return res
 
-# %% ../nbs/01_synthetic.ipynb #dee681c8
+# %% ../nbs/01_synthetic.ipynb #c1bc0499
 def _draw_person(img, lbl, a, view, phase, cx, top, hp):
     "Draw identity `a` into `img` (BGR) and its LIP ids into `lbl` with the same shapes. view in front/back/left/right."
     s, c = np.sin(phase), np.cos(phase)
@@ -228,7 +228,7 @@ def _draw_person(img, lbl, a, view, phase, cx, top, hp):
         limb((-.08 * sd * b, .17), (bx, .42), .014, bagc, 0)
         poly([(bx - .035, .4), (bx + .035, .4), (bx + .038, .53), (bx - .038, .53)], bagc, 0)
 
-# %% ../nbs/01_synthetic.ipynb #213ec665
+# %% ../nbs/01_synthetic.ipynb #62239bdf
 _KEY_BGR = (255, 0, 255)  # the flat background of `plain_bg` renders (no garment uses it)
 
 def _render(job, cam, H, W, seed=0, plain_bg=False, person=True):
@@ -278,7 +278,7 @@ def _render(job, cam, H, W, seed=0, plain_bg=False, person=True):
         k = int(prng.choice([3, 5])); img = cv2.GaussianBlur(img, (k, k), 0)
     return img, lbl
 
-# %% ../nbs/01_synthetic.ipynb #6a2f765b
+# %% ../nbs/01_synthetic.ipynb #b04eedc0
 def _occluder(rng, cam):
     if rng.random() >= cam['occ_p']: return None
     return dict(type=str(rng.choice(['bottom', 'side', 'pole'])), a0=float(rng.uniform(.15, .35)), a1=float(rng.uniform(0, .9)),
@@ -313,7 +313,7 @@ def _split_ids(rng, n_train, n_test, n_extra=0, max_pid=1501):
 
 def _rng_range(rng, r): return int(rng.integers(r[0], r[1] + 1))
 
-# %% ../nbs/01_synthetic.ipynb #16775988
+# %% ../nbs/01_synthetic.ipynb #55b33397
 def _cam_pick(rng, n_cams, n, distinct_first=2):
     "Cameras for `n` tracklets of one identity: the first `distinct_first` differ, the rest are free."
     k = min(distinct_first, n, n_cams)
@@ -412,7 +412,7 @@ def _plan_dukev(rng, p, cams):
                 jobs.append(j)
     return jobs, {}
 
-# %% ../nbs/01_synthetic.ipynb #1dd4e304
+# %% ../nbs/01_synthetic.ipynb #dc0dd6e9
 _DATASETS = {'market1501': ('Market-1501', _plan_market), 'mars': ('MARS', _plan_mars),
              'dukev': ('DukeMTMC-VideoReID', _plan_dukev)}  # name -> (root folder, planner)
 
@@ -494,13 +494,26 @@ def _run_jobs(jobs, cams, H, W, seed, root, dsdir, workers):
     with mp.get_context('fork').Pool(workers, _init_worker, args) as pool:
         for _ in pool.imap_unordered(_write_job, jobs, chunksize=32): pass
 
-# %% ../nbs/01_synthetic.ipynb #2e47f94a
+# %% ../nbs/01_synthetic.ipynb #41f9adb4
 _MANIFEST = 'synthetic_manifest.json'
 
-def make_synthetic_reid(path, preset:str='small', seed:int=0, datasets=('market1501', 'mars', 'dukev'), img_size=(256, 128),
-                        n_train_ids=None, n_test_ids=None, n_cams=None, cams_per_id=None, imgs_per_cam=None,
-                        tracklets_per_id=None, tracklet_len=None, n_junk=None, n_distractors=None,
-                        workers:int=None, overwrite:bool=False) -> Path:
+def make_synthetic_reid(path,                                         # output folder (created)
+                        preset:str='small',                           # 'tiny' (unit tests), 'small' (default, demo) or 'medium'
+                        seed:int=0,                                   # same seed and parameters give byte-identical files
+                        datasets=('market1501', 'mars', 'dukev'),     # layouts to write (list or comma-separated str)
+                        img_size=(256, 128),                          # (height, width) of every image and label map
+                        n_train_ids:int=None,                         # training identities (None: the preset's)
+                        n_test_ids:int=None,                          # test identities
+                        n_cams:int=None,                              # cameras, 2..9
+                        cams_per_id:int=None,                         # Market: most cameras one identity is seen by
+                        imgs_per_cam=None,                            # Market: images per identity and camera, n or (min, max)
+                        tracklets_per_id=None,                        # MARS/Duke: tracklets per identity, n or (min, max)
+                        tracklet_len=None,                            # MARS/Duke: frames per tracklet, n or (min, max)
+                        n_junk:int=None,                              # junk (-1) gallery images / tracklets
+                        n_distractors:int=None,                       # distractor (0000) images / tracklets / Duke identities
+                        workers:int=None,                             # render processes (None: up to 4); no effect on output
+                        overwrite:bool=False                          # replace layouts written with other parameters
+                       ) -> Path:
     "Write the synthetic reID world under `path` in the real Market-1501 / MARS / DukeMTMC-VideoReID layouts, with LIP label PNGs."
     if preset not in _PRESETS: raise ReIDInputError(f"preset must be one of {list(_PRESETS)}, got {preset!r}")
     if isinstance(datasets, str): datasets = [d.strip() for d in datasets.split(',') if d.strip()]
@@ -544,7 +557,7 @@ def make_synthetic_reid(path, preset:str='small', seed:int=0, datasets=('market1
         with atomic_path(mpath) as tp: tp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return path
 
-# %% ../nbs/01_synthetic.ipynb #ed8de48a
+# %% ../nbs/01_synthetic.ipynb #c8fb21d9
 def _parse_range(name, s):
     "`'8'` -> 8, `'8,24'` -> (8, 24), None -> None; anything else raises `ReIDInputError` naming `--name`."
     if s is None or isinstance(s, (int, tuple, list)): return s
