@@ -6,13 +6,13 @@ layouts, with the LIP label map that JPPNet would write for every image."""
 # %% auto #0
 __all__ = ['make_synthetic_reid', 'synth_cli']
 
-# %% ../nbs/01_synthetic.ipynb #c787dc73
+# %% ../nbs/01_synthetic.ipynb #babdbe7d
 import os, io, json, time, zlib, shutil, multiprocessing as mp
 from pathlib import Path
 import numpy as np, cv2
 from .core import *
 
-# %% ../nbs/01_synthetic.ipynb #9f77b026
+# %% ../nbs/01_synthetic.ipynb #f3625288
 # Colours are RGB here; the renderer flips them to OpenCV's BGR once.
 _SKIN = [(255,224,196), (234,192,160), (198,146,110), (150,100,70), (95,62,45)]
 _HAIR = [(20,20,20), (70,45,25), (130,90,50), (200,170,110), (150,150,150)]
@@ -40,7 +40,7 @@ def _random_identity(rng) -> dict:
                 bag_col=int(rng.integers(len(_CLOTH))), bag_side=int(rng.choice([-1, 1])),
                 build=float(rng.uniform(1.15, 1.5)), height=float(rng.uniform(.88, 1.)))
 
-# %% ../nbs/01_synthetic.ipynb #c2787918
+# %% ../nbs/01_synthetic.ipynb #87877f1c
 def _random_camera(rng, idx) -> dict:
     "One camera: background seed and style, light, colour cast, viewpoint mix, jitter, blur, occlusion, JPEG quality."
     v = rng.dirichlet([2, 2, 1, 1])
@@ -99,7 +99,7 @@ def _background(cam, H, W):
     _BG_CACHE[key] = res = (bg, lut, tex)
     return res
 
-# %% ../nbs/01_synthetic.ipynb #c1bc0499
+# %% ../nbs/01_synthetic.ipynb #de903c7c
 def _draw_person(img, lbl, a, view, phase, cx, top, hp):
     "Draw identity `a` into `img` (BGR) and its LIP ids into `lbl` with the same shapes. view in front/back/left/right."
     s, c = np.sin(phase), np.cos(phase)
@@ -228,7 +228,7 @@ def _draw_person(img, lbl, a, view, phase, cx, top, hp):
         limb((-.08 * sd * b, .17), (bx, .42), .014, bagc, 0)
         poly([(bx - .035, .4), (bx + .035, .4), (bx + .038, .53), (bx - .038, .53)], bagc, 0)
 
-# %% ../nbs/01_synthetic.ipynb #62239bdf
+# %% ../nbs/01_synthetic.ipynb #755c19ce
 _KEY_BGR = (255, 0, 255)  # the flat background of `plain_bg` renders (no garment uses it)
 
 def _render(job, cam, H, W, seed=0, plain_bg=False, person=True):
@@ -278,7 +278,7 @@ def _render(job, cam, H, W, seed=0, plain_bg=False, person=True):
         k = int(prng.choice([3, 5])); img = cv2.GaussianBlur(img, (k, k), 0)
     return img, lbl
 
-# %% ../nbs/01_synthetic.ipynb #b04eedc0
+# %% ../nbs/01_synthetic.ipynb #cc12f60b
 def _occluder(rng, cam):
     if rng.random() >= cam['occ_p']: return None
     return dict(type=str(rng.choice(['bottom', 'side', 'pole'])), a0=float(rng.uniform(.15, .35)), a1=float(rng.uniform(0, .9)),
@@ -313,7 +313,7 @@ def _split_ids(rng, n_train, n_test, n_extra=0, max_pid=1501):
 
 def _rng_range(rng, r): return int(rng.integers(r[0], r[1] + 1))
 
-# %% ../nbs/01_synthetic.ipynb #55b33397
+# %% ../nbs/01_synthetic.ipynb #51a00bb6
 def _cam_pick(rng, n_cams, n, distinct_first=2):
     "Cameras for `n` tracklets of one identity: the first `distinct_first` differ, the rest are free."
     k = min(distinct_first, n, n_cams)
@@ -381,7 +381,7 @@ def _plan_mars(rng, p, cams):
                     L = _rng_range(rng, p['tracklet_len'])
                     tracks.append((fold, pid, ci, _tracklet_jobs(rng, ident, cams[ci], L, f'mars/{fold}/{i}', kind=kind)))
         tracks.sort(key=lambda t: (t[0], t[2]))  # folder name, camera (stable: keeps creation order)
-        names, info, tcount, queries, seen = [], [], {}, [], set()
+        names, info, tcount, queries, seen, anchor = [], [], {}, [], set(), {}
         for fold, pid, ci, js in tracks:
             t = tcount[(fold, ci)] = tcount.get((fold, ci), 0) + 1
             start = len(names) + 1
@@ -389,8 +389,11 @@ def _plan_mars(rng, p, cams):
                 j['out'] = f'bbox_{split}/{fold}/{fold}C{ci + 1}T{t:04d}F{f + 1:03d}.jpg'
                 names.append(j['out'].split('/')[-1]); jobs.append(j)
             info.append([start, len(names), pid, ci + 1])
-            if split == 'test' and pid > 0 and (pid, ci) not in seen:
-                seen.add((pid, ci)); queries.append(len(info))
+            # queries: one per (test id, camera), except the camera of the id's first tracklet, which stays in the
+            # gallery: every query keeps a match in another camera even when the gallery excludes the queries
+            if split == 'test' and pid > 0:
+                if pid not in anchor: anchor[pid] = ci
+                elif ci != anchor[pid] and (pid, ci) not in seen: seen.add((pid, ci)); queries.append(len(info))
         files[f'info/{split}_name.txt'] = ('\n'.join(names) + '\n').encode()
         files[f'info/tracks_{split}_info.mat'] = _savemat_bytes(f'track_{split}_info', np.array(info, np.float64))
     files['info/query_IDX.mat'] = _savemat_bytes('query_IDX', np.array(queries, np.float64)[None])
@@ -412,7 +415,7 @@ def _plan_dukev(rng, p, cams):
                 jobs.append(j)
     return jobs, {}
 
-# %% ../nbs/01_synthetic.ipynb #dc0dd6e9
+# %% ../nbs/01_synthetic.ipynb #c339f4da
 _DATASETS = {'market1501': ('Market-1501', _plan_market), 'mars': ('MARS', _plan_mars),
              'dukev': ('DukeMTMC-VideoReID', _plan_dukev)}  # name -> (root folder, planner)
 
@@ -494,7 +497,7 @@ def _run_jobs(jobs, cams, H, W, seed, root, dsdir, workers):
     with mp.get_context('fork').Pool(workers, _init_worker, args) as pool:
         for _ in pool.imap_unordered(_write_job, jobs, chunksize=32): pass
 
-# %% ../nbs/01_synthetic.ipynb #41f9adb4
+# %% ../nbs/01_synthetic.ipynb #0dba76a5
 _MANIFEST = 'synthetic_manifest.json'
 
 def make_synthetic_reid(path,                                         # output folder (created)
@@ -557,7 +560,7 @@ def make_synthetic_reid(path,                                         # output f
         with atomic_path(mpath) as tp: tp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return path
 
-# %% ../nbs/01_synthetic.ipynb #c8fb21d9
+# %% ../nbs/01_synthetic.ipynb #050062f6
 def _parse_range(name, s):
     "`'8'` -> 8, `'8,24'` -> (8, 24), None -> None; anything else raises `ReIDInputError` naming `--name`."
     if s is None or isinstance(s, (int, tuple, list)): return s

@@ -94,9 +94,11 @@ def test_mars_layout_and_mat(world):
     q = q.ravel().astype(int)
     te = tracks['test']
     assert len(set(q)) == len(q) and q.min() >= 1 and q.max() <= len(te)
-    for i in q:
+    nonq = np.setdiff1d(np.arange(len(te)), q - 1)
+    for i in q:  # a match in another camera, also among the non-query tracklets (torchreid's gallery)
         _, _, pid, cam = te[i - 1]
-        assert pid > 0 and ((te[:, 2] == pid) & (te[:, 3] != cam)).any()
+        assert pid > 0 and ((te[nonq, 2] == pid) & (te[nonq, 3] != cam)).any()
+    assert len(q) >= len(set(te[:, 2]) - {-1, 0})  # at least one query per test identity
 
 
 def test_dukev_layout(world):
