@@ -8,7 +8,7 @@ ranked lists)."""
 __all__ = ['pairwise_distance', 'evaluate_retrieval', 'aggregate_tracklets', 'query_gallery_split', 'evaluate_tracklets',
            're_ranking', 'plot_cmc', 'show_ranked']
 
-# %% ../nbs/08_metrics.ipynb #ca917eac
+# %% ../nbs/08_metrics.ipynb #1f7fb26e
 from .core import *
 import math, time
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from pathlib import Path
 
-# %% ../nbs/08_metrics.ipynb #3bd459a1
+# %% ../nbs/08_metrics.ipynb #9ccabb55
 def _as_tensor(x, name, dtype=None):
     "`x` (numpy / list / tensor) as a tensor, without copying when possible."
     if x is None: raise ReIDInputError(f"`{name}` is required")
@@ -29,7 +29,7 @@ def _check_ids(ids, n, name):
     if len(t) != n: raise ReIDInputError(f"`{name}` has {len(t)} entries but there are {n} items")
     return t.long()
 
-# %% ../nbs/08_metrics.ipynb #2eb5a8de
+# %% ../nbs/08_metrics.ipynb #419438d4
 def pairwise_distance(qf, gf, metric='cosine', gnorm=None):
     "Distance block [q, G] between features `qf` [q, D] and `gf` [G, D]: `1 - cos` or Euclidean (float32)."
     qf, gf = qf.float(), gf.float()
@@ -43,31 +43,44 @@ def pairwise_distance(qf, gf, metric='cosine', gnorm=None):
         return d.clamp_min_(0.).sqrt_()
     raise ReIDInputError(f"`metric` must be 'cosine' or 'euclidean', got {metric!r}")
 
-# %% ../nbs/08_metrics.ipynb #b50db35b
-def _count_below(d, thr, B=2048, buf=None):
-    """For a distance block `d` [c,G] and ascending thresholds `thr` [c,P] (row-wise; `inf` = padding, at least
-    one finite per row): `less` = #{j: d[i,j] < thr[i,k]} (int64 [c,P]) and the exact ties `(i, j, k)` with
-    d[i,j] == thr[i,k] (three 1-D tensors). `buf` = optional reusable (float, long) scratch blocks [>=c, G]."""
+# %% ../nbs/08_metrics.ipynb #47c45df8
+def _count_below(d, thr, tpos, B=2048, buf=None):
+    """For a distance block `d` [c,G] and ascending thresholds `thr` [c,P] that are entries of `d` (columns `tpos`
+    [c,P]; `inf` = padding): `less` = #{j: d[i,j] < thr[i,k]} (int64 [c,P]; garbage where `thr` is inf) and the
+    exact ties `(i, j, k)` with d[i,j] == thr[i,k] (three 1-D tensors).
+    `buf` = optional reusable (float, long) scratch blocks [>=c, G]."""
     c, G = d.shape; P = thr.shape[1]
     fin = torch.isfinite(thr)
-    a = thr[:, :1]
-    w = (thr.masked_fill(~fin, -math.inf).max(1, keepdim=True).values - a).clamp_min_(1e-6 + 1e-4 * a.abs().max())
+    a = torch.where(fin[:, :1], thr[:, :1], 0.)
+    hi = thr.masked_fill(~fin, -math.inf).max(1, keepdim=True).values
+    w = (hi - a).nan_to_num_(0., 0., 0.).clamp_min_(1e-6 + 1e-4 * float(a.abs().max()))
     scale = (B - 1) / w
-    x = torch.sub(d, a, out=None if buf is None else buf[0][:c]).mul_(scale).clamp_(-1., float(B))
-    bins = x.long() if buf is None else buf[1][:c].copy_(x)   # truncation: monotone non-decreasing
-    bins += 1                                                # 0: below the window, B+1: above it
+    x = torch.addcmul(1.5 - a * scale, d, scale, out=None if buf is None else buf[0][:c]).clamp_(0., float(B + 1))
+    bins = x.long() if buf is None else buf[1][:c].copy_(x)   # monotone map: 0 below the window, B+1 above
     one = torch.ones(1, dtype=torch.long, device=d.device).expand(c, G)
-    cum = torch.zeros(c, B + 2, dtype=torch.long, device=d.device).scatter_add_(1, bins, one).cumsum_(1)
-    tb = ((thr.masked_fill(~fin, 0.) - a).mul_(scale).clamp_(-1., float(B)).long() + 1).masked_fill_(~fin, 0)  # same map
+    cum = torch.zeros(c, B + 3, dtype=torch.long, device=d.device).scatter_add_(1, bins, one).cumsum_(1)
+    tb = bins.gather(1, tpos).masked_fill_(~fin, B + 2)      # a threshold's bin is its own item's bin; padding: B+2
     below = torch.where(tb > 0, cum.gather(1, (tb - 1).clamp_min(0)), 0)                 # items in bins left of it
-    table = torch.zeros(c, B + 2, dtype=torch.bool, device=d.device).scatter_(1, tb, fin)
+    table = torch.zeros(c, B + 3, dtype=torch.bool, device=d.device).scatter_(1, tb, True)
     r, j = table.gather(1, bins).nonzero(as_tuple=True)      # items sharing a bin with some threshold (few)
-    v, vb, t = d[r, j][:, None], bins[r, j][:, None], thr[r]
-    less = below.index_add_(0, r, ((vb == tb[r]) & (v < t)).long())
-    e, k = (v == t).nonzero(as_tuple=True)                   # exact ties: (row, gallery item, threshold)
-    return less, (r[e], j[e], k)
+    # thresholds of a bin are consecutive (sorted): first index and count per (row, bin)
+    kk = torch.arange(P, device=d.device).expand(c, P)
+    first = torch.full((c, B + 3), P, dtype=torch.long, device=d.device).scatter_reduce_(1, tb, kk, 'amin')
+    cnt = torch.zeros(c, B + 3, dtype=torch.long, device=d.device).scatter_add_(1, tb, torch.ones_like(tb))
+    v, vb = d[r, j], bins[r, j]
+    k0, m = first[r, vb], cnt[r, vb]
+    lr, lk, ti, tj, tk = [], [], [], [], []
+    for o in range(int(m.max()) if len(m) else 0):          # usually 1-2 rounds
+        sel = (m > o).nonzero().flatten()
+        rs, ks, vs = r[sel], k0[sel] + o, v[sel]
+        t = thr[rs, ks]
+        lt, eq = vs < t, vs == t
+        lr.append(rs[lt]); lk.append(ks[lt]); ti.append(rs[eq]); tj.append(j[sel][eq]); tk.append(ks[eq])
+    cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, dtype=torch.long, device=d.device)
+    less = below.index_put_((cat(lr), cat(lk)), torch.ones(1, dtype=torch.long, device=d.device), accumulate=True)
+    return less, (cat(ti), cat(tj), cat(tk))
 
-# %% ../nbs/08_metrics.ipynb #24519f3e
+# %% ../nbs/08_metrics.ipynb #9c518026
 def _same_pid_index(q_pids, g_pids):
     "Gallery indices sorted by pid, and for each query the start/length of its pid's run."
     order = torch.argsort(g_pids, stable=True); sp_ = g_pids[order]
@@ -101,7 +114,7 @@ def _chunk_ranks(d, qp, qc, gp, order, qstart, qlen, gc, buf=None):
     npos = pos.sum(1)
     p, si = ds.masked_fill(~pos, math.inf).sort(dim=1, stable=True)  # equal distances keep index order
     P = max(int(npos.max()), 1); p, pidx = p[:, :P].contiguous(), idx.gather(1, si[:, :P])
-    less, (ti, tj, tk) = _count_below(d, p, buf=buf)
+    less, (ti, tj, tk) = _count_below(d, p, pidx, buf=buf)
     below = ((ds[:, None, :] < p[:, :, None]) & m[:, None, :]).sum(2)  # same-pid items (matches, junk) below p_k
     before = (gp[tj] != qp[ti]) & (tj < pidx[ti, tk])                 # tied negatives earlier in the gallery
     tied = torch.zeros_like(less).index_put_((ti[before], tk[before]), torch.ones_like(ti[before]), accumulate=True)
@@ -110,7 +123,7 @@ def _chunk_ranks(d, qp, qc, gp, order, qstart, qlen, gc, buf=None):
     ranks[k[None] > npos[:, None]] = math.inf
     return ranks, npos
 
-# %% ../nbs/08_metrics.ipynb #34330851
+# %% ../nbs/08_metrics.ipynb #f460fe84
 def _match_ranks(d, pos, neg):
     "Ranks (1-based, among pos|neg) of the `pos` items of each row by a stable sort, padded with inf: [c, Pmax]."
     npos = pos.sum(1); P = max(int(npos.max()), 1)
@@ -128,7 +141,7 @@ def _sgs_select(valid, g_pids, gen):
     m = torch.full((c, len(uniq)), 3., device=valid.device).scatter_reduce_(1, inv[None].expand(c, G), u, 'amin')
     return valid & (u == m.gather(1, inv[None].expand(c, G)))
 
-# %% ../nbs/08_metrics.ipynb #05c45a4a
+# %% ../nbs/08_metrics.ipynb #1affc7a7
 def _metrics_from_ranks(ranks, npos):
     "Per-query first rank, AP and INP from the padded match ranks (valid queries only)."
     P = ranks.shape[1]
@@ -138,7 +151,7 @@ def _metrics_from_ranks(ranks, npos):
     last = rk.gather(1, (npos - 1).clamp_min(0)[:, None])[:, 0]
     return rk[:, 0], ap, npos.double() / last
 
-# %% ../nbs/08_metrics.ipynb #a5ab8d0f
+# %% ../nbs/08_metrics.ipynb #1cf38cb6
 def _prep_features(x, name, device, check=True):
     t = _as_tensor(x, name)
     if t.ndim != 2: raise ReIDInputError(f"`{name}` must be a 2-D array, got shape {tuple(t.shape)}")
@@ -150,7 +163,7 @@ def _prep_features(x, name, device, check=True):
 def _sync(dev):
     if dev.type == 'cuda': torch.cuda.synchronize(dev)
 
-# %% ../nbs/08_metrics.ipynb #f2b99cea
+# %% ../nbs/08_metrics.ipynb #e69bf6bc
 def evaluate_retrieval(qf=None, gf=None, q_pids=None, g_pids=None, q_camids=None, g_camids=None,
                        metric='cosine', max_rank=20, dist=None, chunk_size=None, device=None,
                        protocol='market', sgs_repeats=10, seed=0, per_query=False) -> dict:
@@ -203,11 +216,10 @@ def evaluate_retrieval(qf=None, gf=None, q_pids=None, g_pids=None, q_camids=None
         acc = [0., 0., 0.]
         if protocol == 'market':
             ok = has_pos[s:e]
-            if ok.any():
+            if ok.any():                                  # rows without a true match are computed, then dropped
                 sel = ok.nonzero().flatten()
-                ranks, npos = _chunk_ranks(d[sel] if len(sel) < e - s else d, qp[s:e][sel], qc[s:e][sel], gp,
-                                           order, qstart[s:e][sel], qlen[s:e][sel], gc, buf)
-                acc = [t.cpu() for t in _metrics_from_ranks(ranks, npos)]
+                ranks, npos = _chunk_ranks(d, qp[s:e], qc[s:e], gp, order, qstart[s:e], qlen[s:e], gc, buf)
+                acc = [t.cpu() for t in _metrics_from_ranks(ranks[sel], npos[sel])]
         else:
             same = qp[s:e, None] == gp[None]
             pos, neg = same & (qc[s:e, None] != gc[None]), ~same
@@ -234,7 +246,7 @@ def evaluate_retrieval(qf=None, gf=None, q_pids=None, g_pids=None, q_camids=None
     if per_query: res.update(first_rank=first.numpy(), AP=ap.numpy(), INP=inp.numpy())
     return res
 
-# %% ../nbs/08_metrics.ipynb #d9d0eda6
+# %% ../nbs/08_metrics.ipynb #7022384f
 def aggregate_tracklets(clip_feats, clip_track_idx, normalize=True):
     "Mean of clip features per tracklet index (then L2-normalised). Returns `(feats [T,D], track_ids [T])`, ids sorted."
     is_np = not isinstance(clip_feats, torch.Tensor)
@@ -248,7 +260,7 @@ def aggregate_tracklets(clip_feats, clip_track_idx, normalize=True):
     if normalize: out = F.normalize(out, dim=1)
     return (out.numpy(), ids.numpy()) if is_np else (out, ids)
 
-# %% ../nbs/08_metrics.ipynb #1a417d99
+# %% ../nbs/08_metrics.ipynb #1ba238c6
 def query_gallery_split(feats, pids, camids, is_query, gallery='non_query'):
     "`(qf, gf, q_pids, g_pids, q_camids, g_camids)` from one item list; `gallery='all'` keeps the queries in the gallery (MARS official)."
     if gallery not in ('non_query', 'all'): raise ReIDInputError(f"`gallery` must be 'non_query' or 'all', got {gallery!r}")
@@ -257,7 +269,7 @@ def query_gallery_split(feats, pids, camids, is_query, gallery='non_query'):
     g = torch.ones_like(q) if gallery == 'all' else ~q
     return f[q], f[g], p[q.cpu()], p[g.cpu()], c[q.cpu()], c[g.cpu()]
 
-# %% ../nbs/08_metrics.ipynb #1e29f559
+# %% ../nbs/08_metrics.ipynb #701900ef
 def evaluate_tracklets(clip_feats, clip_track_idx, pids, camids, is_query, mars='official', **kwargs):
     """Video evaluation: clips -> tracklet means -> `evaluate_retrieval`. `pids`, `camids`, `is_query` are per
     tracklet (indexed by tracklet id). `mars='official'` (gallery = all tracklets) or 'torchreid' (queries removed)."""
@@ -267,7 +279,7 @@ def evaluate_tracklets(clip_feats, clip_track_idx, pids, camids, is_query, mars=
     parts = query_gallery_split(tf, sel(pids), sel(camids), sel(is_query), 'all' if mars == 'official' else 'non_query')
     return evaluate_retrieval(*parts, **kwargs)
 
-# %% ../nbs/08_metrics.ipynb #e2245f77
+# %% ../nbs/08_metrics.ipynb #f299bfc2
 def _knn(X, k, metric, rowmax, cs):
     "k nearest neighbours (sorted, self included) of every row of `X` among all rows, chunked; fills `rowmax`."
     N = len(X); nn = torch.empty(N, k, dtype=torch.long); gn = X.norm(dim=1)
@@ -284,7 +296,7 @@ def _pair_dist(X, i, j, metric, rowmax):
     else: d = (a - b).pow(2).sum(1).clamp_min(0).sqrt()
     return d.pow(2) / rowmax[i]
 
-# %% ../nbs/08_metrics.ipynb #90d3bcf4
+# %% ../nbs/08_metrics.ipynb #9b2944a3
 def re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric='cosine', chunk_size=None):
     "k-reciprocal re-ranking of `qf` [Q,D] vs `gf` [G,D] with sparse k-NN structures; returns float32 [Q,G] distance."
     import scipy.sparse as sp
@@ -317,25 +329,26 @@ def re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric='cosine', chunk_size=Non
         A = sp.csr_matrix((np.full(N * k2, 1. / k2, dtype=np.float32), (np.repeat(np.arange(N), k2), nn[:, :k2].numpy().ravel())),
                           shape=(N, N))
         V = (A @ V).tocsr()
-    V.sort_indices(); Vc = V.tocsc(); Vc.sort_indices()
+    Vc = V[Q:].tocsc(); Vc.sort_indices()                      # inverted index over the gallery rows
     out = np.empty((Q, N - Q), dtype=np.float32)
-    gn = gf.norm(dim=1)
-    for s in range(0, Q, cs):
-        e = min(s + cs, Q)
+    gn, colnnz = gf.norm(dim=1), np.diff(Vc.indptr)
+    per_row = max(1., V[:Q].nnz / Q * Vc.nnz / N)                 # ~ (i, k, j) triples per query row
+    js = max(1, min(cs, int(4e6 / per_row)))                      # bounded temporary arrays
+    for s in range(0, Q, js):
+        e = min(s + js, Q)
         sub = V[s:e].tocoo()                                       # (query i, k, v_ik)
-        cnt = np.diff(Vc.indptr)[sub.col]                          # items j with v_jk != 0
+        cnt = colnnz[sub.col]                                      # gallery items j with v_jk != 0
         st = np.repeat(Vc.indptr[sub.col], cnt)
         off = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt)
         jj = Vc.indices[st + off]; vmin = np.minimum(np.repeat(sub.data, cnt), Vc.data[st + off])
-        keep = jj >= Q
-        tm = np.bincount(np.repeat(sub.row, cnt)[keep] * (N - Q) + (jj[keep] - Q), weights=vmin[keep],
+        tm = np.bincount(np.repeat(sub.row, cnt) * (N - Q) + jj, weights=vmin,
                          minlength=(e - s) * (N - Q)).reshape(e - s, N - Q).astype(np.float32)
         jac = 1 - tm / (2. - tm)
         od = pairwise_distance(qf[s:e], gf, metric, gn).pow_(2).div_(rowmax[s:e, None]).numpy()
         out[s:e] = jac * (1 - lambda_) + od * lambda_
     return out
 
-# %% ../nbs/08_metrics.ipynb #84d62d52
+# %% ../nbs/08_metrics.ipynb #6a4fea8b
 def plot_cmc(results, labels=None, max_rank=None, ax=None, figsize=(3.5, 2.6), dpi=50):
     "Plot CMC curve(s) from `evaluate_retrieval` result dict(s) (or CMC arrays)."
     import matplotlib.pyplot as plt
@@ -351,7 +364,7 @@ def plot_cmc(results, labels=None, max_rank=None, ax=None, figsize=(3.5, 2.6), d
     if any(l is not None for l in labels) or any(isinstance(r, dict) for r in rs): ax.legend(fontsize=8)
     return ax
 
-# %% ../nbs/08_metrics.ipynb #f1b26bfc
+# %% ../nbs/08_metrics.ipynb #d82a5f7b
 def _load_img(x):
     if isinstance(x, (str, Path)):
         from PIL import Image
