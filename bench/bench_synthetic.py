@@ -118,7 +118,7 @@ def main():
     ips = rows_speed[0][3]
     L += ['', f'Rendering the image layout ran at {ips:.0f} images/s wall-clock with 2 workers on the contended machine '
           f'(target >= 300 on 2 cores); one core needs {1000 / cpu_ips:.1f} ms of CPU per image ({cpu_ips:.0f} images per '
-          f'CPU-second), i.e. about {2 * cpu_ips:.0f} images/s on 2 idle cores. '
+          f'CPU-second), i.e. a CPU-bound estimate of about {2 * cpu_ips:.0f} images/s on 2 idle cores (disk writes not counted). '
           f'The whole-image colour matcher reaches rank-1 {np.mean(whole):.3f} on average over {len(SEEDS)} seeds, '
           f'{np.mean(whole) / np.mean(ch):.0f}x the chance level {np.mean(ch):.3f} but far from perfect: cameras differ in '
           'scene, light and colour cast, views hide or show logos and bags, identities share garment colours. '

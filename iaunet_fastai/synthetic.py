@@ -6,13 +6,13 @@ layouts, with the LIP label map that JPPNet would write for every image."""
 # %% auto #0
 __all__ = ['make_synthetic_reid', 'synth_cli']
 
-# %% ../nbs/01_synthetic.ipynb #babdbe7d
+# %% ../nbs/01_synthetic.ipynb #20578a93
 import os, io, json, time, zlib, shutil, multiprocessing as mp
 from pathlib import Path
 import numpy as np, cv2
 from .core import *
 
-# %% ../nbs/01_synthetic.ipynb #f3625288
+# %% ../nbs/01_synthetic.ipynb #87df727d
 # Colours are RGB here; the renderer flips them to OpenCV's BGR once.
 _SKIN = [(255,224,196), (234,192,160), (198,146,110), (150,100,70), (95,62,45)]
 _HAIR = [(20,20,20), (70,45,25), (130,90,50), (200,170,110), (150,150,150)]
@@ -40,7 +40,7 @@ def _random_identity(rng) -> dict:
                 bag_col=int(rng.integers(len(_CLOTH))), bag_side=int(rng.choice([-1, 1])),
                 build=float(rng.uniform(1.15, 1.5)), height=float(rng.uniform(.88, 1.)))
 
-# %% ../nbs/01_synthetic.ipynb #87877f1c
+# %% ../nbs/01_synthetic.ipynb #1446569d
 def _random_camera(rng, idx) -> dict:
     "One camera: background seed and style, light, colour cast, viewpoint mix, jitter, blur, occlusion, JPEG quality."
     v = rng.dirichlet([2, 2, 1, 1])
@@ -99,7 +99,7 @@ def _background(cam, H, W):
     _BG_CACHE[key] = res = (bg, lut, tex)
     return res
 
-# %% ../nbs/01_synthetic.ipynb #de903c7c
+# %% ../nbs/01_synthetic.ipynb #cfd25698
 def _draw_person(img, lbl, a, view, phase, cx, top, hp):
     "Draw identity `a` into `img` (BGR) and its LIP ids into `lbl` with the same shapes. view in front/back/left/right."
     s, c = np.sin(phase), np.cos(phase)
@@ -228,7 +228,7 @@ def _draw_person(img, lbl, a, view, phase, cx, top, hp):
         limb((-.08 * sd * b, .17), (bx, .42), .014, bagc, 0)
         poly([(bx - .035, .4), (bx + .035, .4), (bx + .038, .53), (bx - .038, .53)], bagc, 0)
 
-# %% ../nbs/01_synthetic.ipynb #755c19ce
+# %% ../nbs/01_synthetic.ipynb #187f8b96
 _KEY_BGR = (255, 0, 255)  # the flat background of `plain_bg` renders (no garment uses it)
 
 def _render(job, cam, H, W, seed=0, plain_bg=False, person=True):
@@ -259,9 +259,10 @@ def _render(job, cam, H, W, seed=0, plain_bg=False, person=True):
         cols = np.flatnonzero(body.any(0))
         if not plain_bg and len(cols):  # round shading across the body (only the columns it covers)
             x0, x1 = cols[0], cols[-1] + 1
-            f = np.clip(1.08 - .35 * ((np.arange(x0, x1) - cx) / (.14 * hp)) ** 2, .6, 1.08).astype(np.float32)[None, :, None]
+            f = np.clip(1.08 - .35 * ((np.arange(x0, x1) - cx) / (.14 * hp)) ** 2, .6, 1.08)
             sl = img[:, x0:x1]
-            sl[:] = np.where(body[:, x0:x1, None], np.clip(sl * f, 0, 255).astype(np.uint8), sl)
+            fi = np.ascontiguousarray(np.broadcast_to(np.round(f * 200).astype(np.uint8)[None, :, None], sl.shape))
+            sl[:] = cv2.copyTo(cv2.multiply(sl, fi, scale=1 / 200), body[:, x0:x1].astype(np.uint8), sl.copy())
     occ = job.get('occ')
     if occ is not None:
         t, a0, a1, col = occ['type'], occ['a0'], occ['a1'], tuple(int(c) for c in occ['col'])
@@ -278,7 +279,7 @@ def _render(job, cam, H, W, seed=0, plain_bg=False, person=True):
         k = int(prng.choice([3, 5])); img = cv2.GaussianBlur(img, (k, k), 0)
     return img, lbl
 
-# %% ../nbs/01_synthetic.ipynb #cc12f60b
+# %% ../nbs/01_synthetic.ipynb #cb83847d
 def _occluder(rng, cam):
     if rng.random() >= cam['occ_p']: return None
     return dict(type=str(rng.choice(['bottom', 'side', 'pole'])), a0=float(rng.uniform(.15, .35)), a1=float(rng.uniform(0, .9)),
@@ -313,7 +314,7 @@ def _split_ids(rng, n_train, n_test, n_extra=0, max_pid=1501):
 
 def _rng_range(rng, r): return int(rng.integers(r[0], r[1] + 1))
 
-# %% ../nbs/01_synthetic.ipynb #51a00bb6
+# %% ../nbs/01_synthetic.ipynb #79763ef8
 def _cam_pick(rng, n_cams, n, distinct_first=2):
     "Cameras for `n` tracklets of one identity: the first `distinct_first` differ, the rest are free."
     k = min(distinct_first, n, n_cams)
@@ -415,7 +416,7 @@ def _plan_dukev(rng, p, cams):
                 jobs.append(j)
     return jobs, {}
 
-# %% ../nbs/01_synthetic.ipynb #c339f4da
+# %% ../nbs/01_synthetic.ipynb #001e22b1
 _DATASETS = {'market1501': ('Market-1501', _plan_market), 'mars': ('MARS', _plan_mars),
              'dukev': ('DukeMTMC-VideoReID', _plan_dukev)}  # name -> (root folder, planner)
 
@@ -497,7 +498,7 @@ def _run_jobs(jobs, cams, H, W, seed, root, dsdir, workers):
     with mp.get_context('fork').Pool(workers, _init_worker, args) as pool:
         for _ in pool.imap_unordered(_write_job, jobs, chunksize=32): pass
 
-# %% ../nbs/01_synthetic.ipynb #0dba76a5
+# %% ../nbs/01_synthetic.ipynb #dcad26e6
 _MANIFEST = 'synthetic_manifest.json'
 
 def make_synthetic_reid(path,                                         # output folder (created)
@@ -560,7 +561,7 @@ def make_synthetic_reid(path,                                         # output f
         with atomic_path(mpath) as tp: tp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return path
 
-# %% ../nbs/01_synthetic.ipynb #050062f6
+# %% ../nbs/01_synthetic.ipynb #ca896f30
 def _parse_range(name, s):
     "`'8'` -> 8, `'8,24'` -> (8, 24), None -> None; anything else raises `ReIDInputError` naming `--name`."
     if s is None or isinstance(s, (int, tuple, list)): return s
