@@ -5,17 +5,17 @@
 # %% auto #0
 __all__ = ['check_backbone_file', 'timm_stages', 'stage_table', 'IAUnet', 'VideoIAUnet']
 
-# %% ../nbs/06_models.ipynb #78e0ed13
+# %% ../nbs/06_models.ipynb #7643c749
 from .core import *
 from .layers import *
-import warnings, math
+import warnings, math, operator
 from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import timm
 
-# %% ../nbs/06_models.ipynb #29234cfc
+# %% ../nbs/06_models.ipynb #3772d3a4
 def check_backbone_file(arch:str, f, **kwargs):
     "Raise `ReIDInputError` unless `f` holds the weights of timm's `arch` (classifier aside); timm loads non-strictly."
     from timm.models import load_state_dict as timm_load
@@ -73,7 +73,7 @@ def stage_table(fm) -> dict:
                              "a CNN pyramid (stride 4, 8, 16, 32); IAUnet needs a hierarchical CNN")
     return res
 
-# %% ../nbs/06_models.ipynb #aa93239c
+# %% ../nbs/06_models.ipynb #ed3e439d
 def _set_module(root, name, new):
     parent, _, child = name.rpartition('.')
     setattr(root.get_submodule(parent) if parent else root, child, new)
@@ -95,15 +95,16 @@ def _apply_last_stride1(fm, keys) -> list:
                 changed.append(f'{key}.{name} (pool)')
     return changed
 
-# %% ../nbs/06_models.ipynb #c66adb31
+# %% ../nbs/06_models.ipynb #08d84d9a
 class _ReIDNet(nn.Module):
     "Shared machinery of `IAUnet`/`VideoIAUnet`: backbone stages, inserted blocks, BNNeck."
-    _block_cls = None
     def __init__(self, arch='resnet50', num_classes:int=751, pretrained:bool=True, iau_stages=(2, 3),
                  last_stride:int=1, parts:int=4, part_norm:str='area', pretrained_file=None, **timm_kwargs):
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ReIDInputError(f"num_classes must be a positive int, got {num_classes!r}")
+        try: n = operator.index(num_classes)                        # accepts numpy ints (e.g. dls.n_classes)
+        except TypeError: n = 0
+        if n < 1: raise ReIDInputError(f"num_classes must be a positive int, got {num_classes!r}")
+        num_classes = n
         if last_stride not in (1, 2): raise ReIDInputError(f"last_stride must be 1 or 2, got {last_stride!r}")
         self.arch, self.num_classes, self.parts = arch, num_classes, parts
         self.backbone = timm_stages(arch, pretrained, pretrained_file, **timm_kwargs)
@@ -115,7 +116,7 @@ class _ReIDNet(nn.Module):
         self.iau = nn.ModuleDict({self.stages[s][0]: self._make_block(self.stages[s][1], parts, part_norm)
                                   for s in iau_stages})
         self.embed_dim = self.stages[self.last_stage][1]
-        self.last_stride = 2
+        self.last_stride = 2          # becomes 1 once the last stage is verified to keep the previous resolution
         if last_stride == 1: self._last_stride1()
         self.bnneck = nn.BatchNorm1d(self.embed_dim)
         nn.init.ones_(self.bnneck.weight); nn.init.zeros_(self.bnneck.bias)
@@ -192,7 +193,7 @@ class _ReIDNet(nn.Module):
         self.load_state_dict(sd, strict=not skip_classifier)
         return self
 
-# %% ../nbs/06_models.ipynb #c030b251
+# %% ../nbs/06_models.ipynb #1bc76cef
 class IAUnet(_ReIDNet):
     "IAUnet for images: `x [B, 3, H, W]` -> train `(logits, feat, part_logits)`, eval embedding `[B, embed_dim]`."
     def _make_block(self, C, parts, part_norm): return IAUBlock(C, parts, part_norm)
@@ -203,7 +204,7 @@ class IAUnet(_ReIDNet):
         f, parts = self.features_map(x)
         return self.neck(f.mean((2, 3)), parts)
 
-# %% ../nbs/06_models.ipynb #a8a05cad
+# %% ../nbs/06_models.ipynb #5f78029b
 class VideoIAUnet(_ReIDNet):
     "IAUnet for clips: `x [B, T, 3, H, W]` -> train `(logits, feat, part_logits [B·T, K, h, w])`, eval embedding `[B, D]`."
     def __init__(self, arch='resnet50', num_classes:int=625, seq_len:int=4, **kwargs):
