@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['check_backbone_file', 'timm_stages', 'stage_table', 'IAUnet', 'VideoIAUnet']
 
-# %% ../nbs/06_models.ipynb #7643c749
+# %% ../nbs/06_models.ipynb #50d4184f
 from .core import *
 from .layers import *
 import warnings, math, operator
@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import timm
 
-# %% ../nbs/06_models.ipynb #3772d3a4
+# %% ../nbs/06_models.ipynb #fe708f2e
 def check_backbone_file(arch:str, f, **kwargs):
     "Raise `ReIDInputError` unless `f` holds the weights of timm's `arch` (classifier aside); timm loads non-strictly."
     from timm.models import load_state_dict as timm_load
@@ -73,7 +73,7 @@ def stage_table(fm) -> dict:
                              "a CNN pyramid (stride 4, 8, 16, 32); IAUnet needs a hierarchical CNN")
     return res
 
-# %% ../nbs/06_models.ipynb #ed3e439d
+# %% ../nbs/06_models.ipynb #0265d43f
 def _set_module(root, name, new):
     parent, _, child = name.rpartition('.')
     setattr(root.get_submodule(parent) if parent else root, child, new)
@@ -95,7 +95,7 @@ def _apply_last_stride1(fm, keys) -> list:
                 changed.append(f'{key}.{name} (pool)')
     return changed
 
-# %% ../nbs/06_models.ipynb #08d84d9a
+# %% ../nbs/06_models.ipynb #d046426d
 class _ReIDNet(nn.Module):
     "Shared machinery of `IAUnet`/`VideoIAUnet`: backbone stages, inserted blocks, BNNeck."
     def __init__(self, arch='resnet50', num_classes:int=751, pretrained:bool=True, iau_stages=(2, 3),
@@ -168,9 +168,9 @@ class _ReIDNet(nn.Module):
         return self.classifier(feat), feat, parts
 
     def param_groups(self):
-        "`[backbone params, new params (IAU blocks, BNNeck, classifier)]` -- for a fastai `splitter`."
+        "`[backbone params, new params (IAU blocks, BNNeck weight, classifier)]` for a fastai `splitter`; the frozen BNNeck bias is left out."
         bb = list(self.backbone.parameters())
-        ids = {id(p) for p in bb}
+        ids = {id(p) for p in bb} | {id(self.bnneck.bias)}
         return [bb, [p for p in self.parameters() if id(p) not in ids]]
 
     def load_checkpoint(self, path, skip_classifier:bool=False):
@@ -193,7 +193,7 @@ class _ReIDNet(nn.Module):
         self.load_state_dict(sd, strict=not skip_classifier)
         return self
 
-# %% ../nbs/06_models.ipynb #1bc76cef
+# %% ../nbs/06_models.ipynb #f5a62772
 class IAUnet(_ReIDNet):
     "IAUnet for images: `x [B, 3, H, W]` -> train `(logits, feat, part_logits)`, eval embedding `[B, embed_dim]`."
     def _make_block(self, C, parts, part_norm): return IAUBlock(C, parts, part_norm)
@@ -204,7 +204,7 @@ class IAUnet(_ReIDNet):
         f, parts = self.features_map(x)
         return self.neck(f.mean((2, 3)), parts)
 
-# %% ../nbs/06_models.ipynb #5f78029b
+# %% ../nbs/06_models.ipynb #7743032f
 class VideoIAUnet(_ReIDNet):
     "IAUnet for clips: `x [B, T, 3, H, W]` -> train `(logits, feat, part_logits [B·T, K, h, w])`, eval embedding `[B, D]`."
     def __init__(self, arch='resnet50', num_classes:int=625, seq_len:int=4, **kwargs):

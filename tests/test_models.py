@@ -168,7 +168,8 @@ def test_timm_families(arch):
     loss.backward()
     assert torch.isfinite(loss)
     bb, new = m.param_groups()
-    assert len(bb) + len(new) == len(list(m.parameters()))
+    assert len(bb) + len(new) == len(list(m.parameters())) - 1          # all but the frozen BNNeck bias
+    assert all(p is not m.bnneck.bias for p in bb + new)
     assert {id(p) for p in m.iau.parameters()} <= {id(p) for p in new}
 
 # ---------------------------------------------------------------- export
