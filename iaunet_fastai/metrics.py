@@ -8,7 +8,7 @@ ranked lists)."""
 __all__ = ['pairwise_distance', 'evaluate_retrieval', 'aggregate_tracklets', 'query_gallery_split', 'evaluate_tracklets',
            're_ranking', 'plot_cmc', 'show_ranked']
 
-# %% ../nbs/08_metrics.ipynb #4d98535a
+# %% ../nbs/08_metrics.ipynb #8316f4de
 from .core import *
 import math, time
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from pathlib import Path
 
-# %% ../nbs/08_metrics.ipynb #c33b34c1
+# %% ../nbs/08_metrics.ipynb #a5d69028
 def _as_tensor(x, name, dtype=None):
     "`x` (numpy / list / tensor) as a tensor, without copying when possible."
     if x is None: raise ReIDInputError(f"`{name}` is required")
@@ -29,7 +29,7 @@ def _check_ids(ids, n, name):
     if len(t) != n: raise ReIDInputError(f"`{name}` has {len(t)} entries but there are {n} items")
     return t.long()
 
-# %% ../nbs/08_metrics.ipynb #e54c62aa
+# %% ../nbs/08_metrics.ipynb #cbac6458
 def pairwise_distance(qf, gf, metric='cosine', gnorm=None):
     "Distance block [q, G] between features `qf` [q, D] and `gf` [G, D]: `1 - cos` or Euclidean (float32)."
     qf, gf = qf.float(), gf.float()
@@ -43,7 +43,7 @@ def pairwise_distance(qf, gf, metric='cosine', gnorm=None):
         return d.clamp_min_(0.).sqrt_()
     raise ReIDInputError(f"`metric` must be 'cosine' or 'euclidean', got {metric!r}")
 
-# %% ../nbs/08_metrics.ipynb #dd253433
+# %% ../nbs/08_metrics.ipynb #92887189
 def _count_below(d, thr, tpos, B=2048, buf=None):
     """For a distance block `d` [c,G] and ascending thresholds `thr` [c,P] that are entries of `d` (columns `tpos`
     [c,P]; `inf` = padding): `less` = #{j: d[i,j] < thr[i,k]} (int64 [c,P]; garbage where `thr` is inf) and the
@@ -80,7 +80,7 @@ def _count_below(d, thr, tpos, B=2048, buf=None):
     less = below.index_put_((cat(lr), cat(lk)), torch.ones(1, dtype=torch.long, device=d.device), accumulate=True)
     return less, (cat(ti), cat(tj), cat(tk))
 
-# %% ../nbs/08_metrics.ipynb #33a13f49
+# %% ../nbs/08_metrics.ipynb #9f9c774e
 def _same_pid_index(q_pids, g_pids):
     "Gallery indices sorted by pid, and for each query the start/length of its pid's run."
     order = torch.argsort(g_pids, stable=True); sp_ = g_pids[order]
@@ -123,7 +123,7 @@ def _chunk_ranks(d, qp, qc, gp, order, qstart, qlen, gc, buf=None):
     ranks[k[None] > npos[:, None]] = math.inf
     return ranks, npos
 
-# %% ../nbs/08_metrics.ipynb #9ac253e6
+# %% ../nbs/08_metrics.ipynb #2cdbe659
 def _match_ranks(d, pos, neg):
     "Ranks (1-based, among pos|neg) of the `pos` items of each row by a stable sort, padded with inf: [c, Pmax]."
     npos = pos.sum(1); P = max(int(npos.max()), 1)
@@ -141,7 +141,7 @@ def _sgs_select(valid, g_pids, gen):
     m = torch.full((c, len(uniq)), 3., device=valid.device).scatter_reduce_(1, inv[None].expand(c, G), u, 'amin')
     return valid & (u == m.gather(1, inv[None].expand(c, G)))
 
-# %% ../nbs/08_metrics.ipynb #4a9e3cce
+# %% ../nbs/08_metrics.ipynb #d0f409c8
 def _metrics_from_ranks(ranks, npos):
     "Per-query first rank, AP and INP from the padded match ranks (valid queries only)."
     P = ranks.shape[1]
@@ -151,7 +151,7 @@ def _metrics_from_ranks(ranks, npos):
     last = rk.gather(1, (npos - 1).clamp_min(0)[:, None])[:, 0]
     return rk[:, 0], ap, npos.double() / last
 
-# %% ../nbs/08_metrics.ipynb #edcfbf44
+# %% ../nbs/08_metrics.ipynb #f5bdbc46
 def _prep_features(x, name, device, check=True):
     t = _as_tensor(x, name)
     if t.ndim != 2: raise ReIDInputError(f"`{name}` must be a 2-D array, got shape {tuple(t.shape)}")
@@ -163,7 +163,7 @@ def _prep_features(x, name, device, check=True):
 def _sync(dev):
     if dev.type == 'cuda': torch.cuda.synchronize(dev)
 
-# %% ../nbs/08_metrics.ipynb #a3565e63
+# %% ../nbs/08_metrics.ipynb #c26689b1
 def evaluate_retrieval(qf=None, gf=None, q_pids=None, g_pids=None, q_camids=None, g_camids=None,
                        metric='cosine', max_rank=20, dist=None, chunk_size=None, device=None,
                        protocol='market', sgs_repeats=10, seed=0, per_query=False) -> dict:
@@ -204,6 +204,10 @@ def evaluate_retrieval(qf=None, gf=None, q_pids=None, g_pids=None, q_camids=None
     first, ap, inp = (torch.full((Q,), math.nan, dtype=torch.float64) for _ in range(3))
     hits, t_dist, t_rank = torch.zeros(max_rank, dtype=torch.float64), 0., 0.
     ks = torch.arange(1, max_rank + 1, dtype=torch.float64)
+    # Feature path: one matrix product per block of up to 2**26 distances, ranked chunk by chunk. Alternating a
+    # multi-threaded matmul with the ranking ops chunk by chunk is several times slower on a CPU: BLAS worker
+    # threads keep spinning after each product and compete with the ranking threads.
+    blk_rows, blk_s, blk_e = max(cs, min(Q, 2**26 // Gk)), 0, 0
     for s in range(0, Q, cs):
         e = min(s + cs, Q)
         t0 = time.perf_counter()
@@ -211,7 +215,11 @@ def evaluate_retrieval(qf=None, gf=None, q_pids=None, g_pids=None, q_camids=None
             d = D[s:e].float()
             if not torch.isfinite(d.sum(1)).all(): check_finite(d, '`dist`')
             if keep is not None: d = d[:, keep]
-        else: d = pairwise_distance(qf[s:e], gf, metric, gnorm)
+        else:                                             # distances for a block of rows (<= 256 MB), see below
+            if s >= blk_e:
+                blk_s, blk_e = s, min(s + blk_rows, Q)
+                blk = pairwise_distance(qf[blk_s:blk_e], gf, metric, gnorm)
+            d = blk[s - blk_s:e - blk_s]
         _sync(dev); t1 = time.perf_counter(); t_dist += t1 - t0
         acc = [0., 0., 0.]
         if protocol == 'market':
@@ -246,7 +254,7 @@ def evaluate_retrieval(qf=None, gf=None, q_pids=None, g_pids=None, q_camids=None
     if per_query: res.update(first_rank=first.numpy(), AP=ap.numpy(), INP=inp.numpy())
     return res
 
-# %% ../nbs/08_metrics.ipynb #da906978
+# %% ../nbs/08_metrics.ipynb #e1d7e14b
 def aggregate_tracklets(clip_feats, clip_track_idx, normalize=True):
     "Mean of clip features per tracklet index (then L2-normalised). Returns `(feats [T,D], track_ids [T])`, ids sorted."
     is_np = not isinstance(clip_feats, torch.Tensor)
@@ -260,7 +268,7 @@ def aggregate_tracklets(clip_feats, clip_track_idx, normalize=True):
     if normalize: out = F.normalize(out, dim=1)
     return (out.numpy(), ids.numpy()) if is_np else (out, ids)
 
-# %% ../nbs/08_metrics.ipynb #fbbf65cf
+# %% ../nbs/08_metrics.ipynb #31ce6d2a
 def query_gallery_split(feats, pids, camids, is_query, gallery='non_query'):
     "`(qf, gf, q_pids, g_pids, q_camids, g_camids)` from one item list; `gallery='all'` keeps the queries in the gallery (MARS official)."
     if gallery not in ('non_query', 'all'): raise ReIDInputError(f"`gallery` must be 'non_query' or 'all', got {gallery!r}")
@@ -269,7 +277,7 @@ def query_gallery_split(feats, pids, camids, is_query, gallery='non_query'):
     g = torch.ones_like(q) if gallery == 'all' else ~q
     return f[q], f[g], p[q.cpu()], p[g.cpu()], c[q.cpu()], c[g.cpu()]
 
-# %% ../nbs/08_metrics.ipynb #be29c1ee
+# %% ../nbs/08_metrics.ipynb #25a09240
 def evaluate_tracklets(clip_feats, clip_track_idx, pids, camids, is_query, mars='official', **kwargs):
     """Video evaluation: clips -> tracklet means -> `evaluate_retrieval`. `pids`, `camids`, `is_query` are per
     tracklet (indexed by tracklet id). `mars='official'` (gallery = all tracklets) or 'torchreid' (queries removed)."""
@@ -279,7 +287,7 @@ def evaluate_tracklets(clip_feats, clip_track_idx, pids, camids, is_query, mars=
     parts = query_gallery_split(tf, sel(pids), sel(camids), sel(is_query), 'all' if mars == 'official' else 'non_query')
     return evaluate_retrieval(*parts, **kwargs)
 
-# %% ../nbs/08_metrics.ipynb #10b5623e
+# %% ../nbs/08_metrics.ipynb #75b20bdf
 def _knn(X, k, metric, rowmax, cs):
     "k nearest neighbours (sorted, self included) of every row of `X` among all rows, chunked; fills `rowmax`."
     N = len(X); nn = torch.empty(N, k, dtype=torch.long); gn = X.norm(dim=1)
@@ -299,7 +307,7 @@ def _pair_dist(X, i, j, metric, rowmax, bs=4096):
         out[s:s + bs] = d
     return out.pow_(2).div_(rowmax[i])
 
-# %% ../nbs/08_metrics.ipynb #48a3f49a
+# %% ../nbs/08_metrics.ipynb #455e1654
 def re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric='cosine', chunk_size=None):
     "k-reciprocal re-ranking of `qf` [Q,D] vs `gf` [G,D] with sparse k-NN structures; returns float32 [Q,G] distance."
     import scipy.sparse as sp
@@ -351,7 +359,7 @@ def re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric='cosine', chunk_size=Non
         out[s:e] = jac * (1 - lambda_) + od * lambda_
     return out
 
-# %% ../nbs/08_metrics.ipynb #e815c916
+# %% ../nbs/08_metrics.ipynb #a51d5d7d
 def plot_cmc(results, labels=None, max_rank=None, ax=None, figsize=(3.5, 2.6), dpi=50):
     "Plot CMC curve(s) from `evaluate_retrieval` result dict(s) (or CMC arrays)."
     import matplotlib.pyplot as plt
@@ -367,7 +375,7 @@ def plot_cmc(results, labels=None, max_rank=None, ax=None, figsize=(3.5, 2.6), d
     if any(l is not None for l in labels) or any(isinstance(r, dict) for r in rs): ax.legend(fontsize=8)
     return ax
 
-# %% ../nbs/08_metrics.ipynb #5d287bc5
+# %% ../nbs/08_metrics.ipynb #5dc87fd7
 def _load_img(x):
     if isinstance(x, (str, Path)):
         from PIL import Image
