@@ -1,2 +1,12 @@
 "Everything a user needs: `from iaunet_fastai.all import *` (hand-kept; not exported from a notebook)."
 from .core import *
+from .synthetic import *
+from .datasets import *
+from .data import *
+from .part_masks import *
+from .layers import *
+from .models import *
+from .losses import *
+from .metrics import *
+from .callbacks import *
+from .learner import *

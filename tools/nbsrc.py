@@ -7,7 +7,7 @@
 Cells start with `# %%` (code) or `# %% [markdown]` (markdown; each line prefixed by `# `).
 The scripts are scratch copies: the notebooks in `nbs/` stay the single source of the library.
 """
-import json, sys
+import hashlib, json, sys
 from pathlib import Path
 
 def _cell(kind, lines):
@@ -26,6 +26,11 @@ def py2nb(src, dst):
             kind, buf = ('markdown' if '[markdown]' in line else 'code'), []
         elif kind is not None: buf.append(line)
     if kind is not None: cells.append(_cell(kind, buf))
+    seen = set()
+    for c in cells:   # deterministic cell ids (nbdev names exported cells by id): a hash of the source
+        h = hashlib.sha1(c['source'].encode()).hexdigest()
+        i = next(h[k:k+8] for k in range(0, 33) if h[k:k+8] not in seen)
+        seen.add(i); c['id'] = i
     nb = dict(cells=cells, metadata=dict(kernelspec=dict(display_name='python3', language='python', name='python3')),
               nbformat=4, nbformat_minor=5)
     Path(dst).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n')
