@@ -29,5 +29,9 @@ pytest: venv
 
 test: sync nbtest pytest
 
+# the main job: synthetic world -> part masks (JPPNet format) -> IAUnet training -> rank-1 / mAP (demo_out/)
+demo: venv
+	$(BIN)/python -m iaunet_fastai.demo --out demo_out --data data/synth
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -238,7 +238,7 @@ class FeatureExtractor:
         if items and isinstance(items[0], (list, tuple)): return self.tracklets(items)
         return self.images(items)
 
-# %% ../nbs/10_learner.ipynb #02092042
+# %% ../nbs/10_learner.ipynb #76e52afe
 DATASETS = dict(market1501='market1501_df', dukemtmc='dukemtmc_df', cuhk03='cuhk03_df', msmt17='msmt17_df',
                 mars='mars_df', dukev='dukev_df', ilidsvid='ilidsvid_df', prid2011='prid2011_df', folder='folder_df',
                 csv='csv_df')
@@ -255,13 +255,13 @@ def dataset_df(dataset='synthetic', root=None, video=False, seed=0, preset='smal
     if root is None: raise ReIDInputError(f"--root is needed for --dataset {dataset}")
     return getattr(D, DATASETS[dataset])(root)
 
-def _size(s):
+def _size(s, name='--size'):
     try:
         h, w = (int(v) for v in str(s).replace('x', ',').split(','))
         return (h, w)
-    except Exception: raise ReIDInputError(f"--size must be 'H,W' (e.g. 256,128), got {s!r}") from None
+    except Exception: raise ReIDInputError(f"{name} must be two integers like 256,128 or 16x4, got {s!r}") from None
 
-# %% ../nbs/10_learner.ipynb #37c46120
+# %% ../nbs/10_learner.ipynb #c012cdc3
 def train_cli(dataset:str='synthetic', # 'synthetic' or a dataset name: market1501, dukemtmc, cuhk03, msmt17, mars, dukev, ilidsvid, prid2011, csv
               root:str=None,           # dataset root (for synthetic: where the world is written; default data/synth)
               video:bool=False,        # synthetic only: train the video model on the MARS layout
@@ -272,8 +272,7 @@ def train_cli(dataset:str='synthetic', # 'synthetic' or a dataset name: market15
               schedule:str='one_cycle',# one_cycle, paper (Adam, x0.1 at 1/3 and 2/3) or fine_tune
               lr:float=3.5e-4,         # learning rate
               size:str='256,128',      # input H,W
-              P:int=16,                # identities per batch
-              K:int=4,                 # instances per identity
+              pk:str='16x4',           # P×K batches: P identities × K instances each
               seq_len:int=4,           # frames per clip (video)
               masks:str=None,          # part-mask cache from `iaunet masks` (mask loss), optional
               every:int=1,             # evaluate every n epochs
@@ -290,6 +289,7 @@ def train_cli(dataset:str='synthetic', # 'synthetic' or a dataset name: market15
     if precision not in ('fp32', 'fp16', 'bf16'): raise ReIDInputError(f"--precision must be fp32, fp16 or bf16, got {precision!r}")
     df = dataset_df(dataset, root, video, seed)
     is_video = 'paths' in df.columns
+    P, K = _size(pk, '--pk')
     dls = reid_dls(df, size=_size(size), P=P, K=K, seq_len=seq_len if is_video else None, masks=masks,
                    num_workers=workers, seed=seed)
     gallery = 'all' if (dataset == 'mars' or (dataset == 'synthetic' and video)) else 'non_query'   # MARS official protocol

@@ -1,0 +1,144 @@
+"End-to-end: the learner one-liner, model files, the CLI subcommands and bad checkpoints."
+import json, subprocess, sys
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+
+from iaunet_fastai.all import *
+from iaunet_fastai.learner import save_reid_model, load_reid_model, final_metrics
+from iaunet_fastai.cli import main as cli_main
+
+BIN = Path(sys.executable).parent
+SIZE = (64, 32)
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp('world')
+    return make_synthetic_reid(root/'synth', preset='tiny', img_size=(128, 64))
+
+
+@pytest.fixture(scope='module')
+def trained(world, tmp_path_factory):
+    d = tmp_path_factory.mktemp('learn')
+    df = market1501_df(world/'Market-1501')
+    masks = precompute_part_masks(world/'Market-1501', d/'masks', parser='lip',
+                                  label_dir=world/'parsing'/'Market-1501', size=SIZE)
+    dls = reid_dls(df, size=SIZE, P=4, K=4, num_workers=0, seed=0, masks=d/'masks')
+    learn = iaunet_learner(dls, 'resnet18', pretrained=False, path=d)
+    learn.fit_one_cycle(1, 1e-3)
+    return learn, df, d
+
+
+def test_one_liner_trains_and_evaluates(trained):
+    learn, df, _ = trained
+    names = learn.recorder.metric_names
+    assert {'rank1', 'rank5', 'mAP', 'mINP', 'train_ce', 'train_triplet', 'train_mask'} <= set(names)
+    vals = dict(zip(names[1:-1], learn.recorder.values[-1]))
+    assert all(np.isfinite(vals[k]) for k in ('train_loss', 'valid_loss', 'train_ce', 'train_triplet', 'train_mask'))
+    assert vals['train_mask'] > 0                     # masks were given: the mask term is live
+    res = final_metrics(learn)
+    assert 0 <= res['rank1'] <= 1 and 0 <= res['mAP'] <= 1 and res['num_valid_queries'] > 0
+    assert learn.validate()[6] == pytest.approx(res['mAP'])   # valid_loss, 3 terms, rank1, rank5, mAP, mINP
+
+
+def test_export_round_trip_identical_embeddings(trained):
+    learn, df, d = trained
+    paths = list(df[df.split == 'query'].path[:6])
+    e_learn = FeatureExtractor(learn)(paths)
+    # weights-only model file
+    save_reid_model(learn, d/'model.pth')
+    assert torch.equal(FeatureExtractor(d/'model.pth')(paths), e_learn)
+    # fastai export / load_learner (a pickle: trusted files only)
+    learn.export('export.pkl')
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        e_pkl = FeatureExtractor(d/'export.pkl')(paths)
+    assert torch.equal(e_pkl, e_learn)
+
+
+def test_model_file_is_weights_only(trained, tmp_path):
+    learn, _, d = trained
+    save_reid_model(learn, tmp_path/'ok.pth')
+    # a plain torch.load with weights_only=True reads it: no pickled code inside
+    sd = torch.load(tmp_path/'ok.pth', weights_only=True)
+    assert sd['reid_config']['arch'] == 'resnet18'
+
+    class Evil:
+        def __reduce__(self): return (exec, ("open('/tmp/iaunet_pwned', 'w').write('x')",))
+    torch.save({'reid_config': {}, 'model': {}, 'x': Evil()}, tmp_path/'evil.pth')
+    with pytest.raises(ReIDInputError, match='evil.pth'): load_reid_model(tmp_path/'evil.pth')
+    assert not Path('/tmp/iaunet_pwned').exists()
+
+
+def test_checkpoint_of_other_architecture_or_classes_fails_clearly(trained, tmp_path):
+    learn, _, _ = trained
+    save_reid_model(learn, tmp_path/'m.pth')
+    with pytest.raises(ReIDInputError, match='arch'):
+        load_reid_model(tmp_path/'m.pth', model=IAUnet('resnet34', learn.model.num_classes, pretrained=False))
+    with pytest.raises(ReIDInputError, match='num_classes'):
+        load_reid_model(tmp_path/'m.pth', model=IAUnet('resnet18', learn.model.num_classes + 1, pretrained=False))
+    # a raw state dict of another class count through the model's own loader
+    torch.save(learn.model.state_dict(), tmp_path/'raw.pth')
+    with pytest.raises(ReIDInputError, match='classes'):
+        IAUnet('resnet18', learn.model.num_classes + 2, pretrained=False).load_checkpoint(tmp_path/'raw.pth')
+    # fastai's own Learner.load is weights-only too
+    learn.save('w')
+    assert (learn.path/'models'/'w.pth').exists()
+    learn.load('w')
+
+
+def test_feature_extractor_bad_input(trained):
+    learn, _, _ = trained
+    fx = FeatureExtractor(learn)
+    with pytest.raises(ReIDInputError, match='no images'): fx([])
+    with pytest.raises(ReIDInputError, match='cannot read image'): fx(['/no/such/image.jpg'])
+    with pytest.raises(ReIDInputError): fx([np.zeros((10, 10), np.uint8)])
+
+
+def test_learner_rejects_plain_dataloaders():
+    with pytest.raises(ReIDInputError, match='reid_dls'): iaunet_learner(object(), 'resnet18', pretrained=False)
+
+
+def _run(*args, cwd=None):
+    return subprocess.run([str(BIN/'iaunet'), *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize('sub', ['synth', 'masks', 'train', 'eval', 'extract'])
+def test_cli_help(sub):
+    r = _run(sub, '--help')
+    assert r.returncode == 0 and 'usage' in r.stdout.lower(), r.stderr
+
+
+def test_cli_train_eval_extract_on_tiny_world(world, tmp_path):
+    out = tmp_path/'run'
+    r = _run('masks', world/'Market-1501', tmp_path/'masks', '--label-dir', world/'parsing'/'Market-1501',
+             '--height', '64', '--width', '32')
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = _run('train', '--dataset', 'market1501', '--root', world/'Market-1501', '--arch', 'resnet18',
+             '--epochs', '1', '--size', '64,32', '--pk', '4x4', '--masks', tmp_path/'masks',
+             '--workers', '0', '--out', out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'rank1' in r.stdout and 'mAP' in r.stdout            # the table
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith('rank-1 ') and '  mAP ' in last
+    assert (out/'model.pth').exists() and json.loads((out/'metrics.json').read_text())['mAP'] >= 0
+    r = _run('eval', out/'model.pth', '--dataset', 'market1501', '--root', world/'Market-1501', '--out', tmp_path/'ev')
+    assert r.returncode == 0 and 'mAP' in r.stdout, r.stdout + r.stderr
+    r = _run('extract', out/'model.pth', world/'Market-1501'/'query', '--out', tmp_path/'f.npz')
+    assert r.returncode == 0, r.stdout + r.stderr
+    f = np.load(tmp_path/'f.npz')
+    assert f['features'].shape[0] == len(f['names']) > 0
+    np.testing.assert_allclose(np.linalg.norm(f['features'], axis=1), 1, atol=1e-5)
+
+
+def test_cli_bad_input_names_the_argument(tmp_path):
+    r = _run('train', '--dataset', 'market1501', '--root', tmp_path/'nowhere', '--epochs', '1')
+    assert r.returncode == 1 and 'nowhere' in r.stderr and 'Traceback' not in r.stderr
+    r = _run('train', '--dataset', 'imagenet', '--root', tmp_path)
+    assert r.returncode == 1 and '--dataset' in r.stderr
+    r = _run('eval', tmp_path/'missing.pth')
+    assert r.returncode == 1 and 'missing.pth' in r.stderr
+    assert cli_main(['bogus']) == 2
