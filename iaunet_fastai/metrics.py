@@ -8,7 +8,7 @@ ranked lists)."""
 __all__ = ['pairwise_distance', 'evaluate_retrieval', 'aggregate_tracklets', 'query_gallery_split', 'evaluate_tracklets',
            're_ranking', 'plot_cmc', 'show_ranked']
 
-# %% ../nbs/08_metrics.ipynb #8316f4de
+# %% ../nbs/08_metrics.ipynb #7e42121a
 from .core import *
 import math, time
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from pathlib import Path
 
-# %% ../nbs/08_metrics.ipynb #a5d69028
+# %% ../nbs/08_metrics.ipynb #fc46ba57
 def _as_tensor(x, name, dtype=None):
     "`x` (numpy / list / tensor) as a tensor, without copying when possible."
     if x is None: raise ReIDInputError(f"`{name}` is required")
@@ -29,7 +29,7 @@ def _check_ids(ids, n, name):
     if len(t) != n: raise ReIDInputError(f"`{name}` has {len(t)} entries but there are {n} items")
     return t.long()
 
-# %% ../nbs/08_metrics.ipynb #cbac6458
+# %% ../nbs/08_metrics.ipynb #df467488
 def pairwise_distance(qf, gf, metric='cosine', gnorm=None):
     "Distance block [q, G] between features `qf` [q, D] and `gf` [G, D]: `1 - cos` or Euclidean (float32)."
     qf, gf = qf.float(), gf.float()
@@ -43,7 +43,7 @@ def pairwise_distance(qf, gf, metric='cosine', gnorm=None):
         return d.clamp_min_(0.).sqrt_()
     raise ReIDInputError(f"`metric` must be 'cosine' or 'euclidean', got {metric!r}")
 
-# %% ../nbs/08_metrics.ipynb #92887189
+# %% ../nbs/08_metrics.ipynb #ca946e36
 def _count_below(d, thr, tpos, B=2048, buf=None):
     """For a distance block `d` [c,G] and ascending thresholds `thr` [c,P] that are entries of `d` (columns `tpos`
     [c,P]; `inf` = padding): `less` = #{j: d[i,j] < thr[i,k]} (int64 [c,P]; garbage where `thr` is inf) and the
@@ -80,7 +80,7 @@ def _count_below(d, thr, tpos, B=2048, buf=None):
     less = below.index_put_((cat(lr), cat(lk)), torch.ones(1, dtype=torch.long, device=d.device), accumulate=True)
     return less, (cat(ti), cat(tj), cat(tk))
 
-# %% ../nbs/08_metrics.ipynb #9f9c774e
+# %% ../nbs/08_metrics.ipynb #886add70
 def _same_pid_index(q_pids, g_pids):
     "Gallery indices sorted by pid, and for each query the start/length of its pid's run."
     order = torch.argsort(g_pids, stable=True); sp_ = g_pids[order]
@@ -123,7 +123,7 @@ def _chunk_ranks(d, qp, qc, gp, order, qstart, qlen, gc, buf=None):
     ranks[k[None] > npos[:, None]] = math.inf
     return ranks, npos
 
-# %% ../nbs/08_metrics.ipynb #2cdbe659
+# %% ../nbs/08_metrics.ipynb #77c07d21
 def _match_ranks(d, pos, neg):
     "Ranks (1-based, among pos|neg) of the `pos` items of each row by a stable sort, padded with inf: [c, Pmax]."
     npos = pos.sum(1); P = max(int(npos.max()), 1)
@@ -141,7 +141,7 @@ def _sgs_select(valid, g_pids, gen):
     m = torch.full((c, len(uniq)), 3., device=valid.device).scatter_reduce_(1, inv[None].expand(c, G), u, 'amin')
     return valid & (u == m.gather(1, inv[None].expand(c, G)))
 
-# %% ../nbs/08_metrics.ipynb #d0f409c8
+# %% ../nbs/08_metrics.ipynb #8f5bc8b1
 def _metrics_from_ranks(ranks, npos):
     "Per-query first rank, AP and INP from the padded match ranks (valid queries only)."
     P = ranks.shape[1]
@@ -151,7 +151,7 @@ def _metrics_from_ranks(ranks, npos):
     last = rk.gather(1, (npos - 1).clamp_min(0)[:, None])[:, 0]
     return rk[:, 0], ap, npos.double() / last
 
-# %% ../nbs/08_metrics.ipynb #f5bdbc46
+# %% ../nbs/08_metrics.ipynb #1f88f005
 def _prep_features(x, name, device, check=True):
     t = _as_tensor(x, name)
     if t.ndim != 2: raise ReIDInputError(f"`{name}` must be a 2-D array, got shape {tuple(t.shape)}")
@@ -163,7 +163,7 @@ def _prep_features(x, name, device, check=True):
 def _sync(dev):
     if dev.type == 'cuda': torch.cuda.synchronize(dev)
 
-# %% ../nbs/08_metrics.ipynb #c26689b1
+# %% ../nbs/08_metrics.ipynb #32c750e4
 def evaluate_retrieval(qf=None, gf=None, q_pids=None, g_pids=None, q_camids=None, g_camids=None,
                        metric='cosine', max_rank=20, dist=None, chunk_size=None, device=None,
                        protocol='market', sgs_repeats=10, seed=0, per_query=False) -> dict:
@@ -254,7 +254,7 @@ def evaluate_retrieval(qf=None, gf=None, q_pids=None, g_pids=None, q_camids=None
     if per_query: res.update(first_rank=first.numpy(), AP=ap.numpy(), INP=inp.numpy())
     return res
 
-# %% ../nbs/08_metrics.ipynb #e1d7e14b
+# %% ../nbs/08_metrics.ipynb #242c6286
 def aggregate_tracklets(clip_feats, clip_track_idx, normalize=True):
     "Mean of clip features per tracklet index (then L2-normalised). Returns `(feats [T,D], track_ids [T])`, ids sorted."
     is_np = not isinstance(clip_feats, torch.Tensor)
@@ -268,7 +268,7 @@ def aggregate_tracklets(clip_feats, clip_track_idx, normalize=True):
     if normalize: out = F.normalize(out, dim=1)
     return (out.numpy(), ids.numpy()) if is_np else (out, ids)
 
-# %% ../nbs/08_metrics.ipynb #31ce6d2a
+# %% ../nbs/08_metrics.ipynb #d8174548
 def query_gallery_split(feats, pids, camids, is_query, gallery='non_query'):
     "`(qf, gf, q_pids, g_pids, q_camids, g_camids)` from one item list; `gallery='all'` keeps the queries in the gallery (MARS official)."
     if gallery not in ('non_query', 'all'): raise ReIDInputError(f"`gallery` must be 'non_query' or 'all', got {gallery!r}")
@@ -277,7 +277,7 @@ def query_gallery_split(feats, pids, camids, is_query, gallery='non_query'):
     g = torch.ones_like(q) if gallery == 'all' else ~q
     return f[q], f[g], p[q.cpu()], p[g.cpu()], c[q.cpu()], c[g.cpu()]
 
-# %% ../nbs/08_metrics.ipynb #25a09240
+# %% ../nbs/08_metrics.ipynb #5e17788a
 def evaluate_tracklets(clip_feats, clip_track_idx, pids, camids, is_query, mars='official', **kwargs):
     """Video evaluation: clips -> tracklet means -> `evaluate_retrieval`. `pids`, `camids`, `is_query` are per
     tracklet (indexed by tracklet id). `mars='official'` (gallery = all tracklets) or 'torchreid' (queries removed)."""
@@ -287,7 +287,7 @@ def evaluate_tracklets(clip_feats, clip_track_idx, pids, camids, is_query, mars=
     parts = query_gallery_split(tf, sel(pids), sel(camids), sel(is_query), 'all' if mars == 'official' else 'non_query')
     return evaluate_retrieval(*parts, **kwargs)
 
-# %% ../nbs/08_metrics.ipynb #75b20bdf
+# %% ../nbs/08_metrics.ipynb #1cde993a
 def _knn(X, k, metric, rowmax, cs):
     "k nearest neighbours (sorted, self included) of every row of `X` among all rows, chunked; fills `rowmax`."
     N = len(X); nn = torch.empty(N, k, dtype=torch.long); gn = X.norm(dim=1)
@@ -307,7 +307,7 @@ def _pair_dist(X, i, j, metric, rowmax, bs=4096):
         out[s:s + bs] = d
     return out.pow_(2).div_(rowmax[i])
 
-# %% ../nbs/08_metrics.ipynb #455e1654
+# %% ../nbs/08_metrics.ipynb #984184f2
 def re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric='cosine', chunk_size=None):
     "k-reciprocal re-ranking of `qf` [Q,D] vs `gf` [G,D] with sparse k-NN structures; returns float32 [Q,G] distance."
     import scipy.sparse as sp
@@ -359,7 +359,7 @@ def re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric='cosine', chunk_size=Non
         out[s:e] = jac * (1 - lambda_) + od * lambda_
     return out
 
-# %% ../nbs/08_metrics.ipynb #a51d5d7d
+# %% ../nbs/08_metrics.ipynb #f3054d1b
 def plot_cmc(results, labels=None, max_rank=None, ax=None, figsize=(3.5, 2.6), dpi=50):
     "Plot CMC curve(s) from `evaluate_retrieval` result dict(s) (or CMC arrays)."
     import matplotlib.pyplot as plt
@@ -375,7 +375,7 @@ def plot_cmc(results, labels=None, max_rank=None, ax=None, figsize=(3.5, 2.6), d
     if any(l is not None for l in labels) or any(isinstance(r, dict) for r in rs): ax.legend(fontsize=8)
     return ax
 
-# %% ../nbs/08_metrics.ipynb #5dc87fd7
+# %% ../nbs/08_metrics.ipynb #872bca51
 def _load_img(x):
     if isinstance(x, (str, Path)):
         from PIL import Image
