@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from fastcore.basics import *
 from fasttransform import Transform
-from fastai.torch_core import TensorImage, TensorMask, TensorCategory, default_device, defaults
+from fastai.torch_core import TensorImage, TensorMask, TensorCategory, default_device, defaults, num_distrib
 from fastai.data.core import TfmdDL, DataLoaders
 from fastai.data.block import TransformBlock
 from fastai.data.transforms import IntToFloatTensor, Normalize
@@ -229,9 +229,12 @@ class _ShowMixin:
         return fig
 
 class PKDataLoader(_ShowMixin, TfmdDL):
-    "Training loader: batches of P identities × K instances (drop_last), epochs drawn from `(seed, epoch)`."
+    """Training loader: batches of P identities × K instances (drop_last), epochs drawn from `(seed, epoch)`.
+    Under multi-process training (`accelerate launch`, `distrib_ctx`) the number of batches is cut to a multiple of
+    `world_size` (default: the number of processes) so fastai's `DistributedDL`, which hands each process a contiguous
+    slice of the epoch's indices, gives every process whole P×K batches."""
     train_mode = True
-    def __init__(self, dataset, P=16, K=4, seed=None, labels=None, vocab=None, warn=True, **kwargs):
+    def __init__(self, dataset, P=16, K=4, seed=None, labels=None, vocab=None, warn=True, world_size=None, **kwargs):
         labels = np.asarray(labels if labels is not None else dataset.labels)
         uniq = np.unique(labels)
         self.P, self.K, self.seed, self.labels, self.vocab, self._epoch = P, K, seed, labels, vocab, 0
@@ -242,19 +245,25 @@ class PKDataLoader(_ShowMixin, TfmdDL):
         if small and warn:
             warnings.warn(f"{small} of {len(uniq)} train identities have fewer than K={K} items; "
                           "they are sampled with repetition in P×K batches")
+        self.world_size = int(world_size or max(num_distrib(), 1))
         nb = pk_num_batches(self.groups, P, K)
+        nb -= nb % self.world_size
+        if nb == 0: raise ReIDInputError(f"world_size={self.world_size} processes need at least that many P×K batches; "
+                                         f"the train split gives {pk_num_batches(self.groups, P, K)} (lower P or K)")
+        self.n_batches = nb
         for k in ('bs', 'shuffle', 'drop_last', 'n'): kwargs.pop(k, None)
         super().__init__(dataset, bs=P*K, shuffle=False, drop_last=True, n=nb*P*K, **kwargs)
 
     def get_idxs(self):
         rng = np.random.default_rng(None if self.seed is None else [self.seed, self._epoch])
         self._epoch += 1
-        idxs = pk_indices(self.groups, self.P, self.K, rng)
+        idxs = pk_indices(self.groups, self.P, self.K, rng)[:self.n_batches*self.P*self.K]
         if getattr(self.dataset, 'video', False): idxs = [self.dataset.sample_spec(i, rng) for i in idxs]
         return idxs
 
     def new(self, dataset=None, cls=None, **kwargs):
-        kw = dict(P=self.P, K=self.K, seed=self.seed, labels=self.labels, vocab=self.vocab, warn=False)
+        kw = dict(P=self.P, K=self.K, seed=self.seed, labels=self.labels, vocab=self.vocab, warn=False,
+                  world_size=self.world_size)
         return super().new(dataset, cls, **merge(kw, kwargs))
 
     def title(self, b, i):

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['CPU_RECIPE', 'GPU_RECIPE', 'run_demo', 'main']
 
-# %% ../nbs/12_demo.ipynb #7d926da7
+# %% ../nbs/12_demo.ipynb #834b8549
 from .core import *
 import time, json, sys
 from pathlib import Path
@@ -18,8 +18,8 @@ from .data import reid_dls
 from .metrics import evaluate_retrieval, plot_cmc, show_ranked
 from .learner import iaunet_learner, ConsoleTable, FeatureExtractor, save_reid_model, final_metrics
 
-# %% ../nbs/12_demo.ipynb #2f923c67
-CPU_RECIPE = dict(arch='resnet18', size=(128, 64), epochs=12, lr=3e-3, P=16, K=4)
+# %% ../nbs/12_demo.ipynb #da78d9e0
+CPU_RECIPE = dict(arch='resnet18', size=(128, 64), epochs=16, lr=3e-3, P=16, K=4)
 GPU_RECIPE = dict(arch='resnet50', size=(256, 128), epochs=40, lr=3.5e-4*4, P=16, K=4)
 
 def _say(*a): print(*a, flush=True)
@@ -41,7 +41,7 @@ def run_demo(out='demo_out', data='data/synth', preset='small', seed=0, arch=Non
     _say(f"      train {n.get('train', 0)} images of {df[df.split == 'train'].pid.nunique()} identities, "
          f"query {n.get('query', 0)}, gallery {n.get('gallery', 0)}")
     _say("[2/5] part masks from the JPPNet-format label PNGs")
-    masks = precompute_part_masks(world/'Market-1501', out/'part_masks', parser='lip',
+    masks = precompute_part_masks(world/'Market-1501', out/'part_masks', parser='lip', image_glob='bounding_box_train/*',
                                   label_dir=world/'parsing'/'Market-1501', size=tuple(rc['size']))
     dls = reid_dls(df, size=rc['size'], P=rc['P'], K=rc['K'], masks=out/'part_masks', seed=seed,
                    num_workers=workers if workers is not None else (4 if gpu else 0))
@@ -53,9 +53,12 @@ def run_demo(out='demo_out', data='data/synth', preset='small', seed=0, arch=Non
     _say(f"      untrained: rank-1 {untrained['rank1']:.4f}  mAP {untrained['mAP']:.4f}")
     _say(f"[4/5] training {rc['epochs']} epochs (fit_one_cycle, lr {rc['lr']})")
     seed_everything(seed)
+    t_fit = time.time()
     if quiet_bars:
         with learn.no_bar(): learn.fit_one_cycle(rc['epochs'], rc['lr'])
     else: learn.fit_one_cycle(rc['epochs'], rc['lr'])
+    t_fit = time.time() - t_fit
+    n_seen = rc['epochs'] * len(dls.train) * dls.train.bs
     res = final_metrics(learn)
     _say("[5/5] saving the model, the CMC plot and a ranked list")
     save_reid_model(learn, out/'model.pth')
@@ -63,7 +66,8 @@ def run_demo(out='demo_out', data='data/synth', preset='small', seed=0, arch=Non
     summary = dict(recipe={k: list(v) if isinstance(v, tuple) else v for k, v in rc.items()}, device=str(best_device()),
                    untrained={k: untrained[k] for k in ('rank1', 'rank5', 'mAP', 'mINP')},
                    trained={k: res[k] for k in ('rank1', 'rank5', 'rank10', 'mAP', 'mINP')},
-                   seconds=round(time.time() - t_start, 1))
+                   train_seconds=round(t_fit, 1), train_images_per_s=round(n_seen / t_fit, 1),
+                   iau_stages=list(iau_stages), seconds=round(time.time() - t_start, 1))
     (out/'summary.json').write_text(json.dumps(summary, indent=1))
     _say(f"untrained: rank-1 {untrained['rank1']:.4f}  mAP {untrained['mAP']:.4f}")
     _say(f"rank-1 {res['rank1']:.4f}  mAP {res['mAP']:.4f}")
@@ -85,7 +89,7 @@ def _save_pictures(learn, dls, res, untrained, out, n_queries=6, k=8):
                       g.camid.values, k=k, dpi=60)
     fig.savefig(out/'ranked.png', bbox_inches='tight'); plt.close(fig)
 
-# %% ../nbs/12_demo.ipynb #11908fdb
+# %% ../nbs/12_demo.ipynb #cdf7d608
 def main(argv=None):
     "`python -m iaunet_fastai.demo [--out demo_out] [--data data/synth] [--epochs N] [--arch NAME] [--seed S]`"
     import argparse
