@@ -6,14 +6,14 @@
 __all__ = ['fp32_region', 'init_new_layers', 'conv_bn', 'CIAU', 'PartGraph', 'part_nodes', 'SIAU', 'IAUBlock', 'stiau_edge_mask',
            'STIAU', 'IAUBlock3D']
 
-# %% ../nbs/05_layers.ipynb #101731d4
+# %% ../nbs/05_layers.ipynb #75040559
 from .core import *
 import math, contextlib
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# %% ../nbs/05_layers.ipynb #b3b2a663
+# %% ../nbs/05_layers.ipynb #2ff40413
 def fp32_region(x):
     "Context that switches autocast off for `x`'s device type (a no-op when autocast is not on)."
     dt = x.device.type
@@ -39,7 +39,7 @@ def conv_bn(ni, nf, nd=2, bias=False, zero_bn=False):
     if zero_bn: nn.init.zeros_(bn.weight); nn.init.zeros_(bn.bias)
     return nn.Sequential(conv, bn)
 
-# %% ../nbs/05_layers.ipynb #9dd653a1
+# %% ../nbs/05_layers.ipynb #783852f6
 class CIAU(nn.Module):
     "Channel IAU. `[B, C, H, W] -> [B, C, H, W]` (`nd=2`) or `[B, C, T, H, W] -> [B, C, T, H, W]` (`nd=3`)."
     def __init__(self, C:int, nd:int=2):
@@ -55,7 +55,7 @@ class CIAU(nn.Module):
             y = (A @ g).view(x.shape).to(x.dtype)                   # [B, C, (T,) H, W]
         return x + self.update(y)
 
-# %% ../nbs/05_layers.ipynb #019b4883
+# %% ../nbs/05_layers.ipynb #2cf30c2f
 class PartGraph(nn.Module):
     "Interaction and graph update over part nodes: `p [B, N, C], u [B, C], allowed [N, N] -> v [B, 2·C']`, `C' = C//2`."
     def __init__(self, C:int):
@@ -81,7 +81,7 @@ class PartGraph(nn.Module):
         h = self.gconv(torch.cat([p, W @ p], -1).transpose(1, 2)) # [B, C', N]
         return torch.cat([h.mean(-1), u], 1)                      # [B, 2C']
 
-# %% ../nbs/05_layers.ipynb #27f0e7ea
+# %% ../nbs/05_layers.ipynb #8d3d1fe2
 def part_nodes(z, a, norm='area', eps=1e-6):
     "Mask-weighted part nodes: `z [B, C, HW]`, `a [B, K, HW]` -> `[B, K, C]` (fp32); `norm` 'area' (mean) or 'sum' (authors')."
     if norm not in ('area', 'sum'): raise ReIDInputError(f"part_norm must be 'area' or 'sum', got {norm!r}")
@@ -111,7 +111,7 @@ class SIAU(nn.Module):
             upd = self.update(v[:, :, None, None])                            # [B, C, 1, 1]
         return z + upd.to(z.dtype), logits
 
-# %% ../nbs/05_layers.ipynb #a76ade0e
+# %% ../nbs/05_layers.ipynb #af6f8e73
 class IAUBlock(nn.Module):
     "CIAU then SIAU: `x [B, C, H, W] -> (out [B, C, H, W], part_logits [B, K, H, W])`; identity at init."
     def __init__(self, C:int, parts:int=4, part_norm:str='area'):
@@ -120,7 +120,7 @@ class IAUBlock(nn.Module):
         self.ciau, self.siau = CIAU(C), SIAU(C, parts, part_norm)
     def forward(self, x): return self.siau(self.ciau(x))
 
-# %% ../nbs/05_layers.ipynb #cc1853d8
+# %% ../nbs/05_layers.ipynb #6c8b3d70
 def stiau_edge_mask(K:int, T:int) -> torch.Tensor:
     "Allowed STIAU edges, bool `[K·T, K·T]`, nodes ordered `n = t·K + k`: same frame & other part, or same part & other frame."
     n = torch.arange(K*T)
@@ -128,7 +128,7 @@ def stiau_edge_mask(K:int, T:int) -> torch.Tensor:
     same_t, same_k = t[:, None] == t[None], k[:, None] == k[None]
     return (same_t & ~same_k) | (same_k & ~same_t)
 
-# %% ../nbs/05_layers.ipynb #6129d199
+# %% ../nbs/05_layers.ipynb #70743cde
 class STIAU(nn.Module):
     "Spatial-temporal IAU. `z [B, C, T, H, W] -> (out [B, C, T, H, W], part_logits [B·T, K, H, W])`."
     def __init__(self, C:int, parts:int=4, part_norm:str='area'):

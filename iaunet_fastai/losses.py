@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['CrossEntropyLabelSmooth', 'batch_distance', 'TripletLoss', 'PartMaskLoss', 'ReIDLoss']
 
-# %% ../nbs/07_losses.ipynb #f750b468
+# %% ../nbs/07_losses.ipynb #b69992f4
 from .core import *
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# %% ../nbs/07_losses.ipynb #ff4ab8dc
+# %% ../nbs/07_losses.ipynb #923d6f78
 class CrossEntropyLabelSmooth(nn.Module):
     "Cross-entropy with label smoothing: `logits [B, N]`, `y [B]` -> scalar."
     def __init__(self, eps:float=0.1):
@@ -22,7 +22,7 @@ class CrossEntropyLabelSmooth(nn.Module):
                                  f"got range {int(y.min())}..{int(y.max())}")
         return F.cross_entropy(logits.float(), y, label_smoothing=self.eps)
 
-# %% ../nbs/07_losses.ipynb #a73a9565
+# %% ../nbs/07_losses.ipynb #4a2da607
 def batch_distance(f, metric='cosine'):
     "`f [B, D]` -> `[B, B]` distances: `1 − cos` ('cosine') or Euclidean ('euclidean')."
     f = f.float()
@@ -49,7 +49,7 @@ class TripletLoss(nn.Module):
         if not ok.any(): return feat.float().sum() * 0.
         return F.relu(d_ap[ok] - d_an[ok] + self.margin).mean()
 
-# %% ../nbs/07_losses.ipynb #c06fff22
+# %% ../nbs/07_losses.ipynb #f6e26cc6
 class PartMaskLoss(nn.Module):
     "BCE between part logits (list of `[B, K, h, w]`) and the label map `m [B, H, W]` (or `[B, T, H, W]`), 255 = no mask."
     def __init__(self, ignore_index:int=255):
@@ -76,7 +76,7 @@ class PartMaskLoss(nn.Module):
             losses.append(F.binary_cross_entropy_with_logits(lg[valid].float(), t))
         return torch.stack(losses).mean()
 
-# %% ../nbs/07_losses.ipynb #1acf1982
+# %% ../nbs/07_losses.ipynb #a445abe7
 class ReIDLoss(nn.Module):
     "CE with label smoothing + batch-hard triplet on the post-BN feature + `mask_weight` × part-mask BCE."
     def __init__(self, ce_weight:float=1., triplet_weight:float=1., mask_weight:float=0.5, eps:float=0.1,

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['check_backbone_file', 'timm_stages', 'stage_table', 'IAUnet', 'VideoIAUnet']
 
-# %% ../nbs/06_models.ipynb #1b4d21fd
+# %% ../nbs/06_models.ipynb #0217e50b
 from .core import *
 from .layers import *
 import warnings, math, operator
@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import timm
 
-# %% ../nbs/06_models.ipynb #6c1eb3fe
+# %% ../nbs/06_models.ipynb #a6327b62
 def check_backbone_file(arch:str, f, **kwargs):
     "Raise `ReIDInputError` unless `f` holds the weights of timm's `arch` (classifier aside); timm loads non-strictly."
     from timm.models import load_state_dict as timm_load
@@ -73,7 +73,7 @@ def stage_table(fm) -> dict:
                              "a CNN pyramid (stride 4, 8, 16, 32); IAUnet needs a hierarchical CNN")
     return res
 
-# %% ../nbs/06_models.ipynb #a0d6f5be
+# %% ../nbs/06_models.ipynb #7584f7f0
 def _set_module(root, name, new):
     parent, _, child = name.rpartition('.')
     setattr(root.get_submodule(parent) if parent else root, child, new)
@@ -95,7 +95,7 @@ def _apply_last_stride1(fm, keys) -> list:
                 changed.append(f'{key}.{name} (pool)')
     return changed
 
-# %% ../nbs/06_models.ipynb #ab7987ba
+# %% ../nbs/06_models.ipynb #1bfd6471
 class _ReIDNet(nn.Module):
     "Shared machinery of `IAUnet`/`VideoIAUnet`: backbone stages, inserted blocks, BNNeck."
     def __init__(self, arch='resnet50', num_classes:int=751, pretrained:bool=True, iau_stages=(2, 3),
@@ -193,7 +193,7 @@ class _ReIDNet(nn.Module):
         self.load_state_dict(sd, strict=not skip_classifier)
         return self
 
-# %% ../nbs/06_models.ipynb #3bc97d58
+# %% ../nbs/06_models.ipynb #14f4fa0b
 class IAUnet(_ReIDNet):
     "IAUnet for images: `x [B, 3, H, W]` -> train `(logits, feat, part_logits)`, eval embedding `[B, embed_dim]`."
     def _make_block(self, C, parts, part_norm): return IAUBlock(C, parts, part_norm)
@@ -204,7 +204,7 @@ class IAUnet(_ReIDNet):
         f, parts = self.features_map(x)
         return self.neck(f.mean((2, 3)), parts)
 
-# %% ../nbs/06_models.ipynb #08b4080f
+# %% ../nbs/06_models.ipynb #4256c43f
 class VideoIAUnet(_ReIDNet):
     "IAUnet for clips: `x [B, T, 3, H, W]` -> train `(logits, feat, part_logits [B·T, K, h, w])`, eval embedding `[B, D]`."
     def __init__(self, arch='resnet50', num_classes:int=625, seq_len:int=4, **kwargs):
