@@ -204,6 +204,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                        'iaunet_fastai.learner._TermMetric.value': ( 'learner.html#_termmetric.value',
                                                                                     'iaunet_fastai/learner.py'),
                                        'iaunet_fastai.learner._build_model': ('learner.html#_build_model', 'iaunet_fastai/learner.py'),
+                                       'iaunet_fastai.learner._distrib': ('learner.html#_distrib', 'iaunet_fastai/learner.py'),
                                        'iaunet_fastai.learner._finish': ('learner.html#_finish', 'iaunet_fastai/learner.py'),
                                        'iaunet_fastai.learner._model_config': ('learner.html#_model_config', 'iaunet_fastai/learner.py'),
                                        'iaunet_fastai.learner._size': ('learner.html#_size', 'iaunet_fastai/learner.py'),

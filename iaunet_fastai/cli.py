@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['SUBCOMMANDS', 'main', 'run_subcommand']
 
-# %% ../nbs/11_cli.ipynb #9b28b17e
+# %% ../nbs/11_cli.ipynb #1a92a839
 import sys, importlib
 from fastcore.script import anno_parser
 from .core import *
@@ -53,3 +53,6 @@ def run_subcommand(fn, argv, prog=None):
     try: return f(**args)
     except ReIDInputError as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr); return 1
+
+# %% ../nbs/11_cli.ipynb #80e10a0d
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # `python -m iaunet_fastai.cli ...`

@@ -7,9 +7,9 @@ the authors' schedule; safe model files; `FeatureExtractor` for embeddings."""
 __all__ = ['DATASETS', 'LossTerms', 'ConsoleTable', 'reid_splitter', 'iaunet_learner', 'save_reid_model', 'load_reid_model',
            'FeatureExtractor', 'dataset_df', 'train_cli', 'final_metrics', 'eval_cli', 'extract_cli']
 
-# %% ../nbs/10_learner.ipynb #05e2877b
+# %% ../nbs/10_learner.ipynb #b0e0969e
 from .core import *
-import math, json, warnings
+import math, json, warnings, contextlib
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -261,7 +261,7 @@ def _size(s, name='--size'):
         return (h, w)
     except Exception: raise ReIDInputError(f"{name} must be two integers like 256,128 or 16x4, got {s!r}") from None
 
-# %% ../nbs/10_learner.ipynb #c012cdc3
+# %% ../nbs/10_learner.ipynb #04dd5e3a
 def train_cli(dataset:str='synthetic', # 'synthetic' or a dataset name: market1501, dukemtmc, cuhk03, msmt17, mars, dukev, ilidsvid, prid2011, csv
               root:str=None,           # dataset root (for synthetic: where the world is written; default data/synth)
               video:bool=False,        # synthetic only: train the video model on the MARS layout
@@ -296,11 +296,18 @@ def train_cli(dataset:str='synthetic', # 'synthetic' or a dataset name: market15
     learn = iaunet_learner(dls, arch, pretrained=pretrained, iau_stages=() if baseline else (2, 3), every=every,
                            gallery=gallery, cbs=ConsoleTable())
     if precision != 'fp32': learn = learn.to_bf16() if precision == 'bf16' else learn.to_fp16()
-    with learn.no_bar():
+    with learn.no_bar(), _distrib(learn):
         if schedule == 'paper': learn.fit_paper(epochs, lr=lr)
         elif schedule == 'fine_tune': learn.fine_tune(epochs, base_lr=lr)
         else: learn.fit_one_cycle(epochs, lr)
     return _finish(learn, Path(out))
+
+def _distrib(learn):
+    "`learn.distrib_ctx()` when started by `accelerate launch` with several processes, else a no-op context."
+    from fastai.torch_core import num_distrib
+    if num_distrib() <= 1: return contextlib.nullcontext()
+    import fastai.distributed   # patches Learner.distrib_ctx (needs `accelerate`)
+    return learn.distrib_ctx()
 
 def final_metrics(learn) -> dict:
     "The retrieval results of the last evaluation of `learn` (runs `learn.validate()` if there is none yet)."
