@@ -10,3 +10,4 @@ from .losses import *
 from .metrics import *
 from .callbacks import *
 from .learner import *
+from fastai.learner import load_learner   # for learn.export() files (pickles: trusted files only)

@@ -20,7 +20,11 @@ from pathlib import Path
 def _as_tensor(x, name, dtype=None):
     "`x` (numpy / list / tensor) as a tensor, without copying when possible."
     if x is None: raise ReIDInputError(f"`{name}` is required")
-    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    if not isinstance(x, torch.Tensor):
+        a = np.asarray(x)
+        if not a.flags.writeable: a = a.copy()        # pandas 3 `.values` are read-only; torch warns on those
+        x = torch.as_tensor(a)
+    t = x
     t = t.detach()
     return t if dtype is None else t.to(dtype)
 
