@@ -102,7 +102,7 @@ def main():
          f'Command: `.venv/bin/python bench/bench_synthetic.py`  ',
          f'Machine: 2-core CPU, no GPU ({cpu}; {os.cpu_count()} logical CPUs visible; torch threads {torch.get_num_threads()}); '
          f'date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. '
-         'Measured while other engineers were using the same 2 cores (contended): speed numbers are lower bounds.', '',
+         (f'Load average {os.getloadavg()[0]:.1f} at the end of the run ' + ('(other jobs were sharing the 2 cores: treat rates as lower bounds).' if os.getloadavg()[0] > 1.5 else '(no other job running).')), '',
          '### Speed (256x128, JPEG + LIP label PNG per image, fresh folder)', '',
          '| what | images | seconds | images/s |', '|---|---:|---:|---:|']
     L += [f'| {a} | {n} | {dt:.2f} | {"-" if ips != ips else f"{ips:.0f}"} |' for a, n, dt, ips in rows_speed]
@@ -116,7 +116,7 @@ def main():
     pers = [r['rank1'] for _, m, r in rows_diff if m != 'whole image']
     ch = [r['chance'] for _, m, r in rows_diff if m == 'whole image']
     ips = rows_speed[0][3]
-    L += ['', f'Rendering the image layout ran at {ips:.0f} images/s wall-clock with 2 workers on the contended machine '
+    L += ['', f'Rendering the image layout ran at {ips:.0f} images/s wall-clock with 2 workers '
           f'(target >= 300 on 2 cores); one core needs {1000 / cpu_ips:.1f} ms of CPU per image ({cpu_ips:.0f} images per '
           f'CPU-second), i.e. a CPU-bound estimate of about {2 * cpu_ips:.0f} images/s on 2 idle cores (disk writes not counted). '
           f'The whole-image colour matcher reaches rank-1 {np.mean(whole):.3f} on average over {len(SEEDS)} seeds, '
