@@ -103,7 +103,7 @@ def main():
           f'Machine: 2-core CPU, no GPU ({platform.processor() or platform.machine()}, torch threads '
           f'{torch.get_num_threads()}, {os.cpu_count()} CPUs visible), {a.workers} loader workers; '
           f'{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. '
-          (f'Load average {os.getloadavg()[0]:.1f} at the end of the run ' + ('(other jobs were sharing the 2 cores: treat rates as lower bounds).' if os.getloadavg()[0] > 1.5 else '(no other job running).')), '',
+          + (f'Load average {os.getloadavg()[0]:.1f} at the end of the run ' + ('(other jobs were sharing the 2 cores: treat rates as lower bounds).' if os.getloadavg()[0] > 1.5 else '(no other job running).')), '',
           'Input: JPEG crops of 128×64 (Market-1501 size) resized bicubic to 256×128; the train loaders include '
           'decoding, resize, collate, ImageNet normalisation, flip and random erasing. Each timing runs the given number '
           'of batches after a warm-up batch, restarting epochs as training does (so the small evaluation sets include '

@@ -87,7 +87,7 @@ def report(r, cmd):
     lines = ['## Part masks (`bench/bench_part_masks.py`)', '', f'Command: `{cmd}`', '',
              f'Machine: 2-core CPU, no GPU ({platform.processor() or platform.machine()}), torch threads '
              f'{torch.get_num_threads()}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. '
-             (f'Load average {os.getloadavg()[0]:.1f} at the end of the run ' + ('(other jobs were sharing the 2 cores: treat rates as lower bounds).' if os.getloadavg()[0] > 1.5 else '(no other job running).')), '',
+             + (f'Load average {os.getloadavg()[0]:.1f} at the end of the run ' + ('(other jobs were sharing the 2 cores: treat rates as lower bounds).' if os.getloadavg()[0] > 1.5 else '(no other job running).')), '',
              f"Data: synthetic world {r['world']} (Market-1501 layout; {r['n']} `bounding_box_train` images of "
              f"{r['img_size'][1]}x{r['img_size'][0]} px (HxW) and their true LIP label PNGs); cache size 256x128.", '',
              '| step | items | seconds | items/s |', '|---|---:|---:|---:|']

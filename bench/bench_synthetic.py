@@ -102,7 +102,7 @@ def main():
          f'Command: `.venv/bin/python bench/bench_synthetic.py`  ',
          f'Machine: 2-core CPU, no GPU ({cpu}; {os.cpu_count()} logical CPUs visible; torch threads {torch.get_num_threads()}); '
          f'date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. '
-         (f'Load average {os.getloadavg()[0]:.1f} at the end of the run ' + ('(other jobs were sharing the 2 cores: treat rates as lower bounds).' if os.getloadavg()[0] > 1.5 else '(no other job running).')), '',
+         + (f'Load average {os.getloadavg()[0]:.1f} at the end of the run ' + ('(other jobs were sharing the 2 cores: treat rates as lower bounds).' if os.getloadavg()[0] > 1.5 else '(no other job running).')), '',
          '### Speed (256x128, JPEG + LIP label PNG per image, fresh folder)', '',
          '| what | images | seconds | images/s |', '|---|---:|---:|---:|']
     L += [f'| {a} | {n} | {dt:.2f} | {"-" if ips != ips else f"{ips:.0f}"} |' for a, n, dt, ips in rows_speed]
