@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['CPU_RECIPE', 'GPU_RECIPE', 'run_demo', 'main']
 
-# %% ../nbs/12_demo.ipynb #834b8549
+# %% ../nbs/12_demo.ipynb #3c5cc663
 from .core import *
 import time, json, sys
 from pathlib import Path
@@ -15,10 +15,10 @@ from .synthetic import make_synthetic_reid
 from .datasets import market1501_df
 from .part_masks import precompute_part_masks
 from .data import reid_dls
-from .metrics import evaluate_retrieval, plot_cmc, show_ranked
+from .metrics import plot_cmc, show_ranked
 from .learner import iaunet_learner, ConsoleTable, FeatureExtractor, save_reid_model, final_metrics
 
-# %% ../nbs/12_demo.ipynb #da78d9e0
+# %% ../nbs/12_demo.ipynb #efcffded
 CPU_RECIPE = dict(arch='resnet18', size=(128, 64), epochs=16, lr=3e-3, P=16, K=4)
 GPU_RECIPE = dict(arch='resnet50', size=(256, 128), epochs=40, lr=3.5e-4*4, P=16, K=4)
 
@@ -41,7 +41,7 @@ def run_demo(out='demo_out', data='data/synth', preset='small', seed=0, arch=Non
     _say(f"      train {n.get('train', 0)} images of {df[df.split == 'train'].pid.nunique()} identities, "
          f"query {n.get('query', 0)}, gallery {n.get('gallery', 0)}")
     _say("[2/5] part masks from the JPPNet-format label PNGs")
-    masks = precompute_part_masks(world/'Market-1501', out/'part_masks', parser='lip', image_glob='bounding_box_train/*',
+    precompute_part_masks(world/'Market-1501', out/'part_masks', parser='lip', image_glob='bounding_box_train/*',
                                   label_dir=world/'parsing'/'Market-1501', size=tuple(rc['size']))
     dls = reid_dls(df, size=rc['size'], P=rc['P'], K=rc['K'], masks=out/'part_masks', seed=seed,
                    num_workers=workers if workers is not None else (4 if gpu else 0))

@@ -7,12 +7,11 @@ the authors' schedule; safe model files; `FeatureExtractor` for embeddings."""
 __all__ = ['DATASETS', 'LossTerms', 'ConsoleTable', 'reid_splitter', 'iaunet_learner', 'save_reid_model', 'load_reid_model',
            'FeatureExtractor', 'dataset_df', 'train_cli', 'final_metrics', 'eval_cli', 'extract_cli']
 
-# %% ../nbs/10_learner.ipynb #b0e0969e
+# %% ../nbs/10_learner.ipynb #aa529acf
 from .core import *
-import math, json, warnings, contextlib
+import json, contextlib
 from pathlib import Path
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -20,42 +19,33 @@ from fastcore.basics import *
 from fastcore.foundation import L
 from fastai.learner import noop   # the object `Learner.no_logging` installs
 from fastcore.meta import delegates
-from fastai.learner import Learner, Metric
+from fastai.learner import Learner
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler, combine_scheds, SchedNo
 from fastai.optimizer import Adam
-from fastai.torch_core import params
 from fastai.vision.core import imagenet_stats
 from .models import IAUnet, VideoIAUnet
 from .losses import ReIDLoss
-from .callbacks import RetrievalEvaluator
+from .callbacks import RetrievalEvaluator, ComputedMetric
 from .data import load_reid_image, eval_clips
 
-# %% ../nbs/10_learner.ipynb #3cb07da2
-class _TermMetric(Metric):
-    "A column of the progress table showing the training-epoch mean of one `ReIDLoss` term."
-    def __init__(self, cb, term): self.cb, self.term = cb, term
-    def reset(self): pass
-    def accumulate(self, learn): pass
-    @property
-    def value(self): return self.cb.mean(self.term)
-    @property
-    def name(self): return f'train_{self.term}'
-
+# %% ../nbs/10_learner.ipynb #88f91b4d
 class LossTerms(Callback):
     "Average `learn.loss_func`'s `ce`/`triplet`/`mask` terms over each training epoch; `.metrics` shows them."
     order = 60
     def __init__(self, terms=('ce', 'triplet', 'mask')):
         self.terms = terms
         self.sums, self.count = {t: 0. for t in terms}, 0
-        self.metrics = [_TermMetric(self, t) for t in terms]
+        self.metrics = [ComputedMetric(self, f'train_{t}') for t in terms]
     def before_train(self): self.sums, self.count = {t: 0. for t in self.terms}, 0
     def after_batch(self):
         if not self.training or len(self.yb) == 0: return
         bs = len(self.yb[0])
         for t in self.terms: self.sums[t] += float(getattr(self.learn.loss_func, t, 0.)) * bs
         self.count += bs
-    def mean(self, t): return self.sums[t] / self.count if self.count else None
+    def compute(self):
+        "`{'train_ce': mean, ...}` over the current training epoch (None before any batch)."
+        return {f'train_{t}': (v / self.count if self.count else None) for t, v in self.sums.items()}
 
 # %% ../nbs/10_learner.ipynb #ab0e84f5
 class ConsoleTable(Callback):
@@ -160,10 +150,10 @@ def load_reid_model(fname, model=None):
     model.load_state_dict(sd['model'])
     return model.eval()
 
-# %% ../nbs/10_learner.ipynb #687b4d65
+# %% ../nbs/10_learner.ipynb #ec2711fc
 class FeatureExtractor:
     "Embed images or tracklets with a trained model (a `Learner`, a model, or a file from `save_reid_model`/`export`)."
-    def __init__(self, src, size=None, device=None, bs=64, flip_tta=False, num_workers=0):
+    def __init__(self, src, size=None, device=None, bs=64, flip_tta=False):
         if isinstance(src, (str, Path)):
             p = Path(src)
             if p.suffix == '.pkl':
@@ -196,10 +186,13 @@ class FeatureExtractor:
             x = F.interpolate(x[None], self.size, mode='bicubic', align_corners=False)[0].clamp(0, 1)
         return (x - self.mean) / self.std
 
+    def _ready(self):
+        "Move the model to the device in eval mode (once per call, not per batch)."
+        self.model.to(self.device).eval()
+
     @torch.no_grad()
     def _embed(self, xb):
-        m = self.model.to(self.device).eval()
-        xb = xb.to(self.device)
+        m, xb = self.model, xb.to(self.device)
         f = m(xb)
         if self.flip_tta: f = F.normalize(f + m(xb.flip(-1)), dim=1)
         return check_finite(f.float().cpu(), 'embeddings')
@@ -208,6 +201,7 @@ class FeatureExtractor:
         "Embeddings `[N, D]` of images (paths, PIL, arrays, tensors)."
         items = list(items)
         if not items: raise ReIDInputError("no images to embed")
+        self._ready()
         out = []
         for i in range(0, len(items), self.bs):
             xb = torch.stack([self._to_tensor(x) for x in items[i:i + self.bs]])
@@ -223,9 +217,10 @@ class FeatureExtractor:
             frames = list(frames)
             if not frames: raise ReIDInputError(f"tracklet {i} has no frames")
             for c in eval_clips(len(frames), T): clips.append([frames[j] for j in c]); owner.append(i)
-        feats = []
-        for s in range(0, len(clips), max(1, self.bs // T)):
-            xb = torch.stack([torch.stack([self._to_tensor(f) for f in c]) for c in clips[s:s + max(1, self.bs // T)]])
+        self._ready()
+        feats, bs = [], max(1, self.bs // T)
+        for s in range(0, len(clips), bs):
+            xb = torch.stack([torch.stack([self._to_tensor(f) for f in c]) for c in clips[s:s + bs]])
             if not self.seq_len: xb = xb[:, 0]
             feats.append(self._embed(xb))
         feats, owner = torch.cat(feats), torch.tensor(owner)
@@ -261,7 +256,7 @@ def _size(s, name='--size'):
         return (h, w)
     except Exception: raise ReIDInputError(f"{name} must be two integers like 256,128 or 16x4, got {s!r}") from None
 
-# %% ../nbs/10_learner.ipynb #04dd5e3a
+# %% ../nbs/10_learner.ipynb #b76b2b57
 def train_cli(dataset:str='synthetic', # 'synthetic' or a dataset name: market1501, dukemtmc, cuhk03, msmt17, mars, dukev, ilidsvid, prid2011, csv
               root:str=None,           # dataset root (for synthetic: where the world is written; default data/synth)
               video:bool=False,        # synthetic only: train the video model on the MARS layout
@@ -279,10 +274,9 @@ def train_cli(dataset:str='synthetic', # 'synthetic' or a dataset name: market15
               precision:str='fp32',    # fp32, fp16 or bf16 (mixed precision)
               workers:int=None,        # data loader workers
               seed:int=42,             # random seed
-              out:str='runs/iaunet'):  # output folder: model.pth, metrics.json, cmc.png, ranked.png
-    "Train IAUnet (or VideoIAUnet) and evaluate it; writes the model file and pictures to `out`."
+              out:str='runs/iaunet'):  # output folder: model.pth, metrics.json, cmc.png
+    "Train IAUnet (or VideoIAUnet) and evaluate it; writes the model file, the metrics and a CMC plot to `out`."
     from iaunet_fastai.data import reid_dls
-    from iaunet_fastai.metrics import plot_cmc
     seed_everything(seed)
     if schedule not in ('one_cycle', 'paper', 'fine_tune'):
         raise ReIDInputError(f"--schedule must be one_cycle, paper or fine_tune, got {schedule!r}")
@@ -316,22 +310,30 @@ def final_metrics(learn) -> dict:
     if ev.results is None: learn.validate()
     return ev.compute()
 
+def _write_results(res, out):
+    "Write `metrics.json` and `cmc.png` of an `evaluate_retrieval` result into the folder `out`."
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from iaunet_fastai.metrics import plot_cmc
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    (out/'metrics.json').write_text(json.dumps({k: (v.tolist() if hasattr(v, 'tolist') else v) for k, v in res.items()}, indent=1))
+    ax = plot_cmc(res, dpi=80); ax.figure.savefig(out/'cmc.png', bbox_inches='tight'); plt.close(ax.figure)
+
 def _finish(learn, out):
     out.mkdir(parents=True, exist_ok=True)
     save_reid_model(learn, out/'model.pth')
     res = final_metrics(learn)
-    (out/'metrics.json').write_text(json.dumps({k: (v.tolist() if hasattr(v, 'tolist') else v) for k, v in res.items()}, indent=1))
+    _write_results(res, out)
     print(f"rank-1 {res['rank1']:.4f}  mAP {res['mAP']:.4f}")
     return 0
 
-# %% ../nbs/10_learner.ipynb #6c3faef2
+# %% ../nbs/10_learner.ipynb #589f4905
 def eval_cli(model:str,                 # model file from `iaunet train` (model.pth)
              dataset:str='synthetic',   # dataset name (see `iaunet train --help`)
              root:str=None,             # dataset root
              video:bool=False,          # synthetic only: MARS layout
              flip:bool=False,           # flip test-time augmentation
              rerank:bool=False,         # k-reciprocal re-ranking
-             workers:int=None,          # data loader workers
              out:str=None):             # optional folder for metrics.json, cmc.png
     "Evaluate a saved model on the query/gallery of a dataset: rank-1/5/10/20, mAP, mINP."
     from iaunet_fastai.metrics import evaluate_retrieval, re_ranking
@@ -345,9 +347,7 @@ def eval_cli(model:str,                 # model file from `iaunet train` (model.
     kw = dict(dist=re_ranking(qf, gf)) if rerank else dict(qf=qf, gf=gf)
     res = evaluate_retrieval(q_pids=q.pid.values, g_pids=g.pid.values, q_camids=q.camid.values, g_camids=g.camid.values, **kw)
     print('  '.join(f"{k} {res[k]:.4f}" for k in ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP')))
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out)/'metrics.json').write_text(json.dumps({k: (v.tolist() if hasattr(v, 'tolist') else v) for k, v in res.items()}, indent=1))
+    if out: _write_results(res, out)
     return 0
 
 # %% ../nbs/10_learner.ipynb #31d1fbf9

@@ -66,11 +66,12 @@ def test_model_file_is_weights_only(trained, tmp_path):
     sd = torch.load(tmp_path/'ok.pth', weights_only=True)
     assert sd['reid_config']['arch'] == 'resnet18'
 
+    flag = tmp_path/'pwned'
     class Evil:
-        def __reduce__(self): return (exec, ("open('/tmp/iaunet_pwned', 'w').write('x')",))
+        def __reduce__(self): return (exec, (f"open({str(flag)!r}, 'w').write('x')",))
     torch.save({'reid_config': {}, 'model': {}, 'x': Evil()}, tmp_path/'evil.pth')
     with pytest.raises(ReIDInputError, match='evil.pth'): load_reid_model(tmp_path/'evil.pth')
-    assert not Path('/tmp/iaunet_pwned').exists()
+    assert not flag.exists()
 
 
 def test_checkpoint_of_other_architecture_or_classes_fails_clearly(trained, tmp_path):
