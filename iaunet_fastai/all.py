@@ -10,4 +10,6 @@ from .losses import *
 from .metrics import *
 from .callbacks import *
 from .learner import *
+from .inference import *
+from .commands import *
 from fastai.learner import load_learner   # for learn.export() files (pickles: trusted files only)

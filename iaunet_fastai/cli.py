@@ -13,9 +13,9 @@ from .core import *
 SUBCOMMANDS = {
     'synth':   ('iaunet_fastai.synthetic:synth_cli',   'write the synthetic reID world (Market-1501, MARS, DukeMTMC-VideoReID layouts)'),
     'masks':   ('iaunet_fastai.part_masks:masks_cli',  'precompute part masks (JPPNet/SCHP label PNGs, authors\' layout, or offline prior)'),
-    'train':   ('iaunet_fastai.learner:train_cli',     'train IAUnet / VideoIAUnet on a dataset root or the synthetic world'),
-    'eval':    ('iaunet_fastai.learner:eval_cli',      'evaluate a trained model: rank-1/5/10/20, mAP, mINP'),
-    'extract': ('iaunet_fastai.learner:extract_cli',   'extract L2-normalised embeddings for images or tracklets'),
+    'train':   ('iaunet_fastai.commands:train_cli',    'train IAUnet / VideoIAUnet on a dataset root or the synthetic world'),
+    'eval':    ('iaunet_fastai.commands:eval_cli',     'evaluate a trained model: rank-1/5/10/20, mAP, mINP'),
+    'extract': ('iaunet_fastai.commands:extract_cli',  'extract L2-normalised embeddings for images or tracklets'),
 }
 
 def _usage():

@@ -16,7 +16,9 @@ from .datasets import market1501_df
 from .part_masks import precompute_part_masks
 from .data import reid_dls
 from .metrics import plot_cmc, show_ranked
-from .learner import iaunet_learner, ConsoleTable, FeatureExtractor, save_reid_model, final_metrics
+from .learner import iaunet_learner, ConsoleTable
+from .inference import FeatureExtractor, save_reid_model
+from .commands import final_metrics
 
 # %% ../nbs/12_demo.ipynb #efcffded
 CPU_RECIPE = dict(arch='resnet18', size=(128, 64), epochs=16, lr=3e-3, P=16, K=4)

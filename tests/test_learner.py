@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from iaunet_fastai.all import *
-from iaunet_fastai.learner import save_reid_model, load_reid_model, final_metrics
+from iaunet_fastai.inference import save_reid_model, load_reid_model
+from iaunet_fastai.commands import final_metrics
 from iaunet_fastai.cli import main as cli_main
 
 BIN = Path(sys.executable).parent
