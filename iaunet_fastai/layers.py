@@ -57,7 +57,7 @@ class CIAU(nn.Module):
 
 # %% ../nbs/05_layers.ipynb #2cf30c2f
 class PartGraph(nn.Module):
-    "Interaction and graph update over part nodes: `p [B, N, C], u [B, C], allowed [N, N] -> v [B, 2·C']`, `C' = C//2`."
+    "Interaction and graph update over part nodes: `p [B, N, C], u [B, C], allowed [N, N] -> (h [B, C', N], u' [B, C'])`, `C' = C//2`."
     def __init__(self, C:int):
         super().__init__()
         self.ci = ci = C // 2
@@ -79,18 +79,18 @@ class PartGraph(nn.Module):
         p, u = self.reduce(p), self.reduce(u)                     # [B, N, C'], [B, C']
         W = self.edges(p, u, allowed)
         h = self.gconv(torch.cat([p, W @ p], -1).transpose(1, 2)) # [B, C', N]
-        return torch.cat([h.mean(-1), u], 1)                      # [B, 2C']
+        return h, u
 
 # %% ../nbs/05_layers.ipynb #8d3d1fe2
-def part_nodes(z, a, norm='area', eps=1e-6):
-    "Mask-weighted part nodes: `z [B, C, HW]`, `a [B, K, HW]` -> `[B, K, C]` (fp32); `norm` 'area' (mean) or 'sum' (authors')."
-    if norm not in ('area', 'sum'): raise ReIDInputError(f"part_norm must be 'area' or 'sum', got {norm!r}")
+def part_nodes(z, a, norm='sum', eps=1e-6):
+    "Mask-weighted part nodes: `z [B, C, HW]`, `a [B, K, HW]` -> `[B, K, C]`; `norm` 'sum' (the authors') or 'area' (mean)."
+    if norm not in ('area', 'sum'): raise ReIDInputError(f"part_norm must be 'sum' or 'area', got {norm!r}")
     p = a @ z.transpose(1, 2)                                     # [B, K, C]
     return p / (a.sum(-1, keepdim=True) + eps) if norm == 'area' else p
 
 class SIAU(nn.Module):
     "Spatial IAU. `z [B, C, H, W] -> (out [B, C, H, W], part_logits [B, K, H, W])`."
-    def __init__(self, C:int, parts:int=4, part_norm:str='area'):
+    def __init__(self, C:int, parts:int=4, part_norm:str='sum'):
         super().__init__()
         if C < 2: raise ReIDInputError(f"SIAU needs C >= 2 channels, got C={C}")
         part_nodes(torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), part_norm)   # validate early
@@ -107,14 +107,15 @@ class SIAU(nn.Module):
             logits = self.mask(zf)                                            # [B, K, H, W]
             p = part_nodes(zf.flatten(2), torch.sigmoid(logits).flatten(2), self.part_norm)  # [B, K, C]
             u = zf.mean((2, 3))                                               # [B, C]
-            v = self.graph(p, u, self.allowed)                                # [B, C]
+            h, u = self.graph(p, u, self.allowed)                             # [B, C', K], [B, C']
+            v = torch.cat([h.mean(-1), u], 1)                                 # [B, 2C']
             upd = self.update(v[:, :, None, None])                            # [B, C, 1, 1]
         return z + upd.to(z.dtype), logits
 
 # %% ../nbs/05_layers.ipynb #af6f8e73
 class IAUBlock(nn.Module):
     "CIAU then SIAU: `x [B, C, H, W] -> (out [B, C, H, W], part_logits [B, K, H, W])`; identity at init."
-    def __init__(self, C:int, parts:int=4, part_norm:str='area'):
+    def __init__(self, C:int, parts:int=4, part_norm:str='sum'):
         super().__init__()
         self.C, self.K = C, parts
         self.ciau, self.siau = CIAU(C), SIAU(C, parts, part_norm)
@@ -131,11 +132,11 @@ def stiau_edge_mask(K:int, T:int) -> torch.Tensor:
 # %% ../nbs/05_layers.ipynb #70743cde
 class STIAU(nn.Module):
     "Spatial-temporal IAU. `z [B, C, T, H, W] -> (out [B, C, T, H, W], part_logits [B·T, K, H, W])`."
-    def __init__(self, C:int, parts:int=4, part_norm:str='area'):
+    def __init__(self, C:int, parts:int=4, part_norm:str='sum', per_frame:bool=True):
         super().__init__()
         if C < 2: raise ReIDInputError(f"STIAU needs C >= 2 channels, got C={C}")
         part_nodes(torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), part_norm)
-        self.C, self.K, self.part_norm = C, parts, part_norm
+        self.C, self.K, self.part_norm, self.per_frame = C, parts, part_norm, per_frame
         self.mask = conv_bn(C, parts, nd=3)
         self.graph = PartGraph(C)
         self.update = conv_bn(2*(C//2), C, nd=3, zero_bn=True)
@@ -149,16 +150,19 @@ class STIAU(nn.Module):
             zt = zf.transpose(1, 2).reshape(B*T, C, H*W)
             p = part_nodes(zt, a, self.part_norm).view(B, T*self.K, C)        # [B, T·K, C], n = t·K + k
             u = zf.mean((2, 3, 4))                                             # [B, C]
-            v = self.graph(p, u, stiau_edge_mask(self.K, T).to(z.device))     # [B, C]
-            upd = self.update(v[:, :, None, None, None])                       # [B, C, 1, 1, 1]
+            h, u = self.graph(p, u, stiau_edge_mask(self.K, T).to(z.device))  # [B, C', T·K], [B, C']
+            if self.per_frame:
+                v = torch.cat([h.view(B, -1, T, self.K).mean(-1), u[:, :, None].expand(-1, -1, T)], 1)  # [B, 2C', T]
+                upd = self.update(v[..., None, None])                          # [B, C, T, 1, 1]
+            else: upd = self.update(torch.cat([h.mean(-1), u], 1)[:, :, None, None, None])   # [B, C, 1, 1, 1]
         return z + upd.to(z.dtype), logits.transpose(1, 2).reshape(B*T, self.K, H, W)
 
 class IAUBlock3D(nn.Module):
     "CIAU over (channel, frame) nodes then STIAU: `x [B, C, T, H, W] -> (out [B, C, T, H, W], part_logits [B·T, K, H, W])`."
-    def __init__(self, C:int, seq_len:int=None, parts:int=4, part_norm:str='area'):
+    def __init__(self, C:int, seq_len:int=None, parts:int=4, part_norm:str='sum', per_frame:bool=True):
         super().__init__()
         self.C, self.K, self.seq_len = C, parts, seq_len   # seq_len is informative: T is read from the input
-        self.ciau, self.stiau = CIAU(C, nd=3), STIAU(C, parts, part_norm)
+        self.ciau, self.stiau = CIAU(C, nd=3), STIAU(C, parts, part_norm, per_frame)
     def forward(self, x):
         if x.ndim != 5: raise ReIDInputError(f"IAUBlock3D expects a clip map [B, C, T, H, W], got shape {tuple(x.shape)}")
         return self.stiau(self.ciau(x))

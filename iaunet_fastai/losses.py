@@ -52,8 +52,8 @@ class TripletLoss(nn.Module):
 # %% ../nbs/07_losses.ipynb #f6e26cc6
 class PartMaskLoss(nn.Module):
     "BCE between part logits (list of `[B, K, h, w]`) and the label map `m [B, H, W]` (or `[B, T, H, W]`), 255 = no mask."
-    def __init__(self, ignore_index:int=255):
-        super().__init__(); self.ignore_index = ignore_index
+    def __init__(self, ignore_index:int=255, align_corners:bool=True):
+        super().__init__(); self.ignore_index, self.align_corners = ignore_index, align_corners
 
     def targets(self, m, K):
         "One-hot part targets `[B, K, H, W]` float and the per-sample validity `[B]` bool."
@@ -72,7 +72,7 @@ class PartMaskLoss(nn.Module):
             if lg.shape[0] != tgt.shape[0]:
                 raise ReIDInputError(f"part mask target has {tgt.shape[0]} maps but the model predicted {lg.shape[0]}")
             if not valid.any(): losses.append(lg.float().sum() * 0.); continue
-            t = F.interpolate(tgt[valid], size=lg.shape[-2:], mode='bilinear', align_corners=False)
+            t = F.interpolate(tgt[valid], size=lg.shape[-2:], mode='bilinear', align_corners=self.align_corners)
             losses.append(F.binary_cross_entropy_with_logits(lg[valid].float(), t))
         return torch.stack(losses).mean()
 
