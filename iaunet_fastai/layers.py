@@ -50,7 +50,7 @@ class CIAU(nn.Module):
     def forward(self, x):
         B, hw = x.shape[0], x.shape[-2]*x.shape[-1]
         with fp32_region(x):
-            g = x.float().reshape(B, -1, hw)                        # [B, N, HW], N = C (or C·T)
+            g = x.to(torch.promote_types(x.dtype, torch.float32)).reshape(B, -1, hw)   # [B, N, HW], N = C (or C·T); >= fp32
             A = torch.softmax(g @ g.transpose(1, 2), dim=-1)        # [B, N, N]
             y = (A @ g).view(x.shape).to(x.dtype)                   # [B, C, (T,) H, W]
         return x + self.update(y)
