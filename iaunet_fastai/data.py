@@ -87,6 +87,21 @@ class ReIDAugment(Transform):
     def __init__(self, flip_p=0.5, erase_p=0.5, area=(0.02, 0.4), aspect=(0.3, 3.3), value=0., seed=None):
         store_attr(); self.rng = np.random.default_rng(seed)
 
+    def erase_boxes(self, erase, H, W, tries=100):
+        "Row and column masks `[B, H]`, `[B, W]` (bool) of one erasing box per sample where `erase` (else all False)."
+        n = len(erase)
+        a = self.rng.uniform(*self.area, (n, tries)) * H * W
+        r = self.rng.uniform(*self.aspect, (n, tries))
+        h, w = np.rint(np.sqrt(a * r)).astype(int), np.rint(np.sqrt(a / r)).astype(int)
+        fits = (h > 0) & (h < H) & (w > 0) & (w < W)
+        pick = fits.argmax(1)
+        keep = erase & fits.any(1)
+        h, w = np.where(keep, h[np.arange(n), pick], 0), np.where(keep, w[np.arange(n), pick], 0)
+        y0, x0 = self.rng.integers(0, H - h + 1), self.rng.integers(0, W - w + 1)
+        rows = (np.arange(H) >= y0[:, None]) & (np.arange(H) < (y0 + h)[:, None])
+        cols = (np.arange(W) >= x0[:, None]) & (np.arange(W) < (x0 + w)[:, None])
+        return rows, cols
+
     def __call__(self, b, split_idx=None, **kwargs):
         if split_idx is not None and split_idx != self.split_idx: return b
         b = list(b) if isinstance(b, (tuple, list)) else [b]
@@ -97,16 +112,12 @@ class ReIDAugment(Transform):
             for i, t in enumerate(b):
                 if isinstance(t, (TensorImage, TensorMask)) and t.ndim >= 3 and t.shape[0] == bs:
                     t = t.clone(); t[idx] = t[idx].flip(-1); b[i] = t
-        x = b[0] = b[0].clone()
-        for j in np.flatnonzero(self.rng.random(bs) < self.erase_p):
-            for _ in range(100):
-                a = self.rng.uniform(*self.area) * H * W
-                r = self.rng.uniform(*self.aspect)
-                h, w = int(round(math.sqrt(a*r))), int(round(math.sqrt(a/r)))
-                if 0 < h < H and 0 < w < W:
-                    y0, x0 = self.rng.integers(0, H-h+1), self.rng.integers(0, W-w+1)
-                    x[j, ..., y0:y0+h, x0:x0+w] = self.value
-                    break
+        erase = self.rng.random(bs) < self.erase_p
+        if erase.any():
+            rows, cols = self.erase_boxes(erase, H, W)
+            dev = b[0].device
+            box = torch.from_numpy(rows).to(dev)[:, :, None] & torch.from_numpy(cols).to(dev)[:, None, :]   # [B, H, W]
+            b[0] = b[0].masked_fill(box.view(bs, *[1]*(b[0].ndim - 3), H, W), self.value)
         return tuple(b)
 
 # %% ../nbs/03_data.ipynb #2bef337c
