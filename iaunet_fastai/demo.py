@@ -27,7 +27,7 @@ GPU_RECIPE = dict(arch='resnet50', size=(256, 128), epochs=40, lr=3.5e-4*4, P=16
 def _say(*a): print(*a, flush=True)
 
 def run_demo(out='demo_out', data='data/synth', preset='small', seed=0, arch=None, size=None, epochs=None,
-             lr=None, P=None, iau_stages=(2, 3), workers=None, quiet_bars=True):
+             lr=None, P=None, iau_stages=(2, 3), workers=None, quiet_bars=False):
     "Synthetic world → part masks → IAUnet training → retrieval metrics and pictures in `out`. Returns the results."
     t_start = time.time()
     gpu = torch.cuda.is_available()

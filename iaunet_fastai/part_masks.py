@@ -17,7 +17,6 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import cv2
 from PIL import Image
-from fastprogress.fastprogress import progress_bar
 from fastcore.basics import store_attr
 
 # %% ../nbs/04_part_masks.ipynb #1ed38e96
@@ -343,7 +342,7 @@ def precompute_part_masks(image_dir, out, parser:str='lip', label_dir=None, size
     todo = [c for c in range(n_chunks) if _load_chunk(cpath(c)) is None]
     t0, pool = time.time(), (ProcessPoolExecutor(n_workers) if n_workers > 0 and todo else None)
     try:
-        for c in (progress_bar(todo, leave=False) if progress and todo else todo):
+        for c in progress_bar(todo, show=progress, leave=False):
             jobs = [(parser, str(image_dir/n), str(r) if r else None, size, lut, pkw)
                     for n, r in zip(names[c*chunk:(c+1)*chunk], refs[c*chunk:(c+1)*chunk])]
             _save_chunk(cpath(c), _work_chunk(jobs, pool), size)

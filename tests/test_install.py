@@ -60,6 +60,7 @@ def test_requirements_are_installed_within_pins():
 
 
 @pytest.mark.skipif(shutil.which('git') is None, reason='needs git')
+@pytest.mark.skipif(not (BIN/'nbdev-export').exists(), reason='needs nbdev (the [dev] extra; `make test-min` tests the runtime lower bounds without it)')
 def test_sync_check_catches_unexported_notebook(tmp_path):
     "Editing a notebook without `nbdev-export` makes the sync check (and so `make test`) fail, saying what to run."
     files = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard'], capture_output=True, text=True,
@@ -84,3 +85,67 @@ def test_sync_check_catches_unexported_notebook(tmp_path):
     bad = subprocess.run(['bash', 'tools/check_sync.sh', str(BIN)], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert bad.returncode != 0
     assert 'nbdev-export' in bad.stderr and 'iaunet_fastai/core.py' in bad.stderr
+
+
+# ---------------------------------------------------------------- progress output: a log vs a terminal
+_BARS = """
+import iaunet_fastai.core as core
+import fastai.callback.progress   # fastai's ProgressCallback: the Learner's bars
+from fastai.test_utils import synth_learner
+from iaunet_fastai.learner import ConsoleTable
+core.LOG_EVERY = 0                # a plain line for every update, as a long run would print every 30 s
+for _ in core.progress_bar(range(3), leave=True): pass
+synth_learner(n_trn=32, cbs=ConsoleTable()).fit(2)
+"""
+
+def test_progress_in_a_log_is_plain_lines(tmp_path):
+    "stdout to a file (`make demo > log`, CI): the library's and fastai's bars write plain lines, no `█` or `\\r`."
+    log = tmp_path/'log.txt'
+    with open(log, 'w') as f:
+        r = subprocess.run([sys.executable, '-c', _BARS], stdout=f, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    out = log.read_text(encoding='utf-8')
+    assert '█' not in out and '\r' not in out and '\x1b' not in out, out
+    lines = out.splitlines()
+    assert '100.00% [3/3' in lines[2], lines                       # the library's bar, one line per update
+    assert any(l.startswith('Epoch 2/2 :') for l in lines), lines  # fastai's training bar, as plain lines
+    assert lines[-1].startswith('1 '), lines                        # ... and the epoch table's last row
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='uses a pseudo-terminal')
+def test_progress_in_a_terminal_is_a_live_bar():
+    "The same code with stdout on a terminal draws the usual redrawing bar."
+    import pty
+    main, sub = pty.openpty()
+    p = subprocess.Popen([sys.executable, '-c', _BARS], stdout=sub, stderr=subprocess.PIPE, cwd=ROOT)
+    os.close(sub)
+    chunks = []
+    while True:
+        try: b = os.read(main, 4096)
+        except OSError: break   # EIO: the child closed the terminal
+        if not b: break
+        chunks.append(b)
+    os.close(main)
+    assert p.wait(timeout=120) == 0, p.stderr.read()
+    out = b''.join(chunks).decode('utf-8', 'replace')
+    assert '\r' in out and '█' in out and '|' in out, out
+
+
+def test_tensorboard_extra_logs_a_fit(tmp_path):
+    "`pip install .[tensorboard]`: fastai's TensorBoardCallback writes an event file."
+    pytest.importorskip('tensorboard')
+    from fastai.test_utils import synth_learner
+    from fastai.callback.tensorboard import TensorBoardCallback
+    synth_learner(n_trn=16, cbs=TensorBoardCallback(tmp_path/'tb', trace_model=False)).fit(1)
+    assert list((tmp_path/'tb').glob('events.out.tfevents.*'))
+
+
+def test_package_metadata_has_spdx_license_and_extras():
+    "The SPDX `License-Expression` (no deprecated License classifier) and the optional extras."
+    from importlib.metadata import metadata
+    md = metadata('iaunet_fastai')
+    s = settings()
+    if md.get('License-Expression') is not None: assert md['License-Expression'] == s['license'] == 'Apache-2.0'
+    assert not [c for c in md.get_all('Classifier') or [] if c.startswith('License ::')]
+    assert {'dev', 'onnx', 'tensorboard'} <= set(md.get_all('Provides-Extra') or [])
+    assert '<' not in s['requirements'], 'no upper caps without a known break (the user keeps their torch)'
