@@ -5,8 +5,8 @@ target, P×K identity sampling for training, ordered query/gallery loaders for e
 
 # %% auto #0
 __all__ = ['load_reid_image', 'TensorClip', 'LoadReIDImage', 'LoadClip', 'LoadPartMask', 'ImageReIDBlock', 'TrackletBlock',
-           'PartMaskBlock', 'check_images', 'check_id_columns', 'ReIDAugment', 'pk_num_batches', 'pk_indices',
-           'clip_frames', 'eval_clips', 'ReIDItems', 'PKDataLoader', 'ReIDEvalDL', 'ReIDDataLoaders', 'reid_dls']
+           'PartMaskBlock', 'check_images', 'ReIDAugment', 'pk_num_batches', 'pk_indices', 'clip_frames', 'eval_clips',
+           'ReIDItems', 'PKDataLoader', 'ReIDEvalDL', 'ReIDDataLoaders', 'reid_dls']
 
 # %% ../nbs/03_data.ipynb #29b7fe02
 from .core import *
@@ -90,6 +90,7 @@ def PartMaskBlock(pm, size=(256, 128)):
 
 # %% ../nbs/03_data.ipynb #3e0c1a02
 import os
+from .datasets import check_id_columns
 def _check_one(p):
     "'' if `p` looks like a readable, complete image; else why not (header read + end marker of JPEG/PNG)."
     try:
@@ -119,27 +120,6 @@ def check_images(items, workers:int=8, progress:bool=True, n_show:int=5) -> int:
         raise ReIDInputError(f"pre-flight check: {len(bad)} of {len(paths)} image files are unusable: " + '; '.join(bad[:n_show])
                              + (f"; ... {len(bad) - n_show} more" if len(bad) > n_show else '') + " (fix or remove them)")
     return len(paths)
-
-def check_id_columns(df, cols=('pid', 'camid'), where='df'):
-    """`df` with integer `pid`/`camid` columns; strings, NaN and non-integer numbers raise `ReIDInputError` with counts
-    (integral floats such as 3.0 are accepted)."""
-    df = df.copy()
-    for c in cols:
-        v = df[c]
-        if v.dtype.kind in 'iu': continue
-        num = pd.to_numeric(v, errors='coerce')
-        text = num.isna() & v.notna()
-        if text.any():
-            raise ReIDInputError(f"{where}: column '{c}' must hold integers, but {int(text.sum())} of {len(v)} values are not "
-                                 f"numbers (e.g. {v[text].iloc[0]!r}); map them to integers, e.g. "
-                                 f"df['{c}'] = df['{c}'].astype('category').cat.codes")
-        if num.isna().any(): raise ReIDInputError(f"{where}: column '{c}' has {int(num.isna().sum())} missing (NaN) values of {len(v)}")
-        frac = num != num.round()
-        if frac.any():
-            raise ReIDInputError(f"{where}: column '{c}' must hold integers, but {int(frac.sum())} of {len(v)} values are not "
-                                 f"whole numbers (e.g. {num[frac].iloc[0]!r}); truncating them would merge identities")
-        df[c] = num.astype(np.int64)
-    return df
 
 # %% ../nbs/03_data.ipynb #63af4563
 class ReIDAugment(Transform):
