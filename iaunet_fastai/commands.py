@@ -84,11 +84,14 @@ def _size(s, name='--size'):
 RUN_FILES = ('config.json', 'checkpoint.pth', 'model.pth', 'metrics.json', 'history.csv', 'cmc.png')
 
 def check_writable(folder, what='--out') -> Path:
-    "Create `folder` if needed and write a test file in it; `ReIDInputError` naming `what` when that fails."
-    folder = Path(folder).expanduser()
+    """`ReIDInputError` naming `what` unless `folder` can be created and written: a test file is written in it, or in
+    its nearest existing parent (nothing is created)."""
+    folder = Path(folder).expanduser().absolute()
+    probe = folder
+    while not probe.exists() and probe.parent != probe: probe = probe.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix='.write-test-'): pass
+        if not probe.is_dir(): raise NotADirectoryError(20, f"'{probe}' is a file")
+        with tempfile.NamedTemporaryFile(dir=probe, prefix='.write-test-'): pass
     except OSError as e: raise ReIDInputError(f"{what} '{folder}' is not a writable folder: {e.strerror or e}") from None
     return folder
 
@@ -356,6 +359,7 @@ def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, l
                 pretrained=pretrained, baseline=baseline, epochs=epochs, schedule=schedule, lr=lr, size=size, pk=pk,
                 seq_len=seq_len, masks=str(Path(masks).resolve()) if masks else None, every=every, mars_protocol=mars_protocol,
                 precision=precision, workers=workers, seed=seed, no_check=no_check, out=str(out))
+    out.mkdir(parents=True, exist_ok=True)
     if not resume:
         with atomic_path(out/'config.json') as tmp:
             tmp.write_text(json.dumps(dict(command='iaunet train', options=opts, created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())), indent=1))

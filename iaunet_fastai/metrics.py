@@ -22,6 +22,12 @@ def _as_tensor(x, name, dtype=None):
     if x is None: raise ReIDInputError(f"`{name}` is required")
     if not isinstance(x, torch.Tensor):
         a = np.asarray(x)
+        if a.dtype.kind == 'O':
+            try: a = a.astype(np.float64) if a.size and not isinstance(a.ravel()[0], (str, bytes)) else a
+            except (TypeError, ValueError): pass
+        if a.dtype.kind in 'OUSV':   # strings / objects: torch would fail with a raw TypeError
+            raise ReIDInputError(f"`{name}` must hold numbers, got {a.dtype} values (e.g. {(a.ravel()[0] if a.size else '')!r}); "
+                                 "map identities and cameras to integers first")
         if not a.flags.writeable: a = a.copy()        # pandas 3 `.values` are read-only; torch warns on those
         x = torch.as_tensor(a)
     t = x
@@ -31,6 +37,8 @@ def _as_tensor(x, name, dtype=None):
 def _check_ids(ids, n, name):
     t = _as_tensor(ids, name).reshape(-1)
     if len(t) != n: raise ReIDInputError(f"`{name}` has {len(t)} entries but there are {n} items")
+    if t.is_floating_point() and (bad := int((t != t.round()).sum())):   # NaN or fractions: truncation would merge ids
+        raise ReIDInputError(f"`{name}`: {bad} of {n} values are NaN or not whole numbers")
     return t.long()
 
 # %% ../nbs/08_metrics.ipynb #df467488
