@@ -5,8 +5,8 @@ target, P×K identity sampling for training, ordered query/gallery loaders for e
 
 # %% auto #0
 __all__ = ['load_reid_image', 'TensorClip', 'LoadReIDImage', 'LoadClip', 'LoadPartMask', 'ImageReIDBlock', 'TrackletBlock',
-           'PartMaskBlock', 'ReIDAugment', 'pk_num_batches', 'pk_indices', 'clip_frames', 'eval_clips', 'ReIDItems',
-           'PKDataLoader', 'ReIDEvalDL', 'ReIDDataLoaders', 'reid_dls']
+           'PartMaskBlock', 'check_images', 'ReIDAugment', 'pk_num_batches', 'pk_indices', 'clip_frames', 'eval_clips',
+           'ReIDItems', 'PKDataLoader', 'ReIDEvalDL', 'ReIDDataLoaders', 'reid_dls']
 
 # %% ../nbs/03_data.ipynb #29b7fe02
 from .core import *
@@ -25,11 +25,19 @@ from fastai.data.transforms import IntToFloatTensor, Normalize
 from fastai.vision.core import imagenet_stats
 
 # %% ../nbs/03_data.ipynb #6080046b
+def _to_rgb(im):
+    "RGB of a PIL image; 16-bit greyscale (`I;16*`, or `I` holding values above 255) scaled to 0..255, not clipped."
+    if im.mode.startswith('I;16') or (im.mode == 'I' and np.asarray(im).max(initial=0) > 255):
+        a = np.asarray(im).astype(np.float64) / 257.     # 65535 -> 255
+        return Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), 'L').convert('RGB')
+    return im.convert('RGB')
+
 def load_reid_image(path, size=None) -> Image.Image:
-    "Open `path` as RGB (bicubic-resized to `size`=(H, W)); unreadable or truncated files raise `ReIDInputError`."
+    """Open `path` as RGB (bicubic-resized to `size`=(H, W)); 16-bit greyscale is scaled to 8 bits; unreadable or
+    truncated files raise `ReIDInputError` naming the file."""
     try:
-        with Image.open(path) as im: im = im.convert('RGB')
-    except Exception as e: raise ReIDInputError(f"cannot read image '{path}': {type(e).__name__}: {e}") from e
+        with Image.open(path) as im: im = _to_rgb(im)
+    except Exception as e: raise ReIDInputError(f"cannot read image '{path}': {type(e).__name__}: {e}") from None
     if size is not None and im.size != (size[1], size[0]): im = im.resize((size[1], size[0]), Image.BICUBIC)
     return im
 
@@ -79,6 +87,39 @@ def TrackletBlock(seq_len=4, size=(256, 128)):
 def PartMaskBlock(pm, size=(256, 128)):
     "A `TransformBlock` for the part-mask target of an image path (255 where no valid mask)."
     return TransformBlock(type_tfms=LoadPartMask(pm, size), batch_tfms=IntToFloatTensor)
+
+# %% ../nbs/03_data.ipynb #3e0c1a02
+import os
+from .datasets import check_id_columns
+def _check_one(p):
+    "'' if `p` looks like a readable, complete image; else why not (header read + end marker of JPEG/PNG)."
+    try:
+        n = os.path.getsize(p)
+        if n == 0: return f"'{p}': empty file (0 bytes)"
+        with Image.open(p) as im:
+            fmt = im.format; _ = im.size
+        with open(p, 'rb') as f:
+            f.seek(max(0, n - 64)); tail = f.read()
+        if fmt == 'JPEG' and b'\xff\xd9' not in tail: return f"'{p}': truncated JPEG (no end marker)"
+        if fmt == 'PNG' and b'IEND' not in tail: return f"'{p}': truncated PNG (no IEND chunk)"
+        return ''
+    except FileNotFoundError: return f"'{p}': missing"
+    except Exception as e: return f"'{p}': {type(e).__name__}: {e}"
+
+def check_images(items, workers:int=8, progress:bool=True, n_show:int=5) -> int:
+    "Pre-flight check of image paths (or lists of frame paths); returns the number checked, or raises `ReIDInputError` listing the bad ones."
+    from concurrent.futures import ThreadPoolExecutor
+    from fastprogress.fastprogress import progress_bar
+    paths = list(dict.fromkeys(str(p) for it in items for p in ([it] if isinstance(it, (str, Path)) else it)))
+    if not paths: return 0
+    with ThreadPoolExecutor(max(1, workers)) as ex:
+        res = ex.map(_check_one, paths)
+        if progress and len(paths) > 1000: res = progress_bar(res, total=len(paths), leave=False)
+        bad = [r for r in res if r]
+    if bad:
+        raise ReIDInputError(f"pre-flight check: {len(bad)} of {len(paths)} image files are unusable: " + '; '.join(bad[:n_show])
+                             + (f"; ... {len(bad) - n_show} more" if len(bad) > n_show else '') + " (fix or remove them)")
+    return len(paths)
 
 # %% ../nbs/03_data.ipynb #63af4563
 class ReIDAugment(Transform):
@@ -329,6 +370,7 @@ def reid_dls(df, size=(256, 128), P=16, K=4, seq_len=None, sample_stride=1, mask
     video = 'paths' in cols
     need = {'paths' if video else 'path', 'pid', 'camid', 'split'}
     if need - cols: raise ReIDInputError(f"df lacks column(s) {sorted(need - cols)}; expected {sorted(need)} (see `datasets`)")
+    df = check_id_columns(df)
     if video and seq_len is None: seq_len = 4
     if not video and seq_len is not None: raise ReIDInputError(f"seq_len={seq_len} given but df has no 'paths' column (image rows)")
     size = tuple(size)

@@ -5,7 +5,7 @@ into one canonical DataFrame."""
 
 # %% auto #0
 __all__ = ['MARKET_PAT', 'market_like_df', 'market1501_df', 'dukemtmc_df', 'cuhk03_df', 'msmt17_df', 'mars_df', 'dukev_df',
-           'ilidsvid_df', 'prid2011_df', 'folder_df', 'csv_df']
+           'ilidsvid_df', 'prid2011_df', 'folder_df', 'check_id_columns', 'csv_df']
 
 # %% ../nbs/02_datasets.ipynb #182fd17a
 from .core import *
@@ -143,7 +143,13 @@ def mars_df(root, query_in_gallery=False):
         if tracks.ndim != 2 or tracks.shape[1] < 4:
             raise ReIDInputError(f"'{info}/tracks_{sub}_info.mat': expected rows [start, end, pid, camid], got shape {tracks.shape}")
         qidx = set()
-        if sub == 'test': qidx = set((_loadmat(_need(root, 'info/query_IDX.mat', 'MARS', exp), 'query_IDX').ravel() - 1).tolist())
+        if sub == 'test':
+            qf = _need(root, 'info/query_IDX.mat', 'MARS', exp)
+            qi = _loadmat(qf, 'query_IDX').ravel().astype(int)
+            out = (qi < 1) | (qi > len(tracks))
+            if out.any(): warnings.warn(f"MARS: {int(out.sum())} of {len(qi)} entries of '{qf}' are outside 1..{len(tracks)} "
+                                        f"(the rows of tracks_test_info.mat), e.g. {int(qi[out][0])}; they are ignored")
+            qidx = set((qi[~out] - 1).tolist())
         for t, (s, e, pid, cam) in enumerate(tracks[:, :4].astype(int)):
             if not (1 <= s <= e <= len(names)):
                 raise ReIDInputError(f"'{info}/tracks_{sub}_info.mat' row {t}: frames {s}..{e} outside {sub}_name.txt (1..{len(names)})")
@@ -255,17 +261,43 @@ def folder_df(root, pattern=MARKET_PAT, splits=None, camid_base=1, strict=True):
     for s, sub in splits.items(): _check_split(df, s, root/sub)
     return df
 
+def check_id_columns(df, cols=('pid', 'camid'), where='df'):
+    """`df` with integer `pid`/`camid` columns; strings, NaN and non-integer numbers raise `ReIDInputError` with counts
+    (integral floats such as 3.0 are accepted)."""
+    df = df.copy()
+    for c in cols:
+        v = df[c]
+        if v.dtype.kind in 'iu': continue
+        num = pd.to_numeric(v, errors='coerce')
+        text = num.isna() & v.notna()
+        if text.any():
+            raise ReIDInputError(f"{where}: column '{c}' must hold integers, but {int(text.sum())} of {len(v)} values are not "
+                                 f"numbers (e.g. {v[text].iloc[0]!r}); map them to integers, e.g. "
+                                 f"df['{c}'] = df['{c}'].astype('category').cat.codes")
+        if num.isna().any(): raise ReIDInputError(f"{where}: column '{c}' has {int(num.isna().sum())} missing (NaN) values of {len(v)}")
+        frac = num != num.round()
+        if frac.any():
+            raise ReIDInputError(f"{where}: column '{c}' must hold integers, but {int(frac.sum())} of {len(v)} values are not "
+                                 f"whole numbers (e.g. {num[frac].iloc[0]!r}); truncating them would merge identities")
+        df[c] = num.astype(np.int64)
+    return df
+
 def csv_df(csv, root=None, sep=';'):
     "Read a CSV with `path` (or `sep`-separated `paths`), `pid`, `camid`, `split`; paths made absolute and checked."
     csv = Path(csv)
     if not csv.is_file(): raise ReIDInputError(f"CSV file not found: '{csv}'")
-    df = pd.read_csv(csv)
+    try: df = pd.read_csv(csv)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ReIDInputError(f"cannot read '{csv}' as a CSV file: {type(e).__name__}: {str(e).strip().splitlines()[-1]}") from None
     video = 'paths' in df.columns
     need = ['paths' if video else 'path', 'pid', 'camid', 'split']
     miss = [c for c in need if c not in df.columns]
     if miss: raise ReIDInputError(f"'{csv}' lacks column(s) {miss}; expected {need} (found {list(df.columns)})")
     base = Path(root) if root is not None else csv.parent
     absp = lambda s: str((base/str(s)).resolve())
+    if df[need].isna().any().any():
+        c = df[need].isna().sum(); c = c[c > 0]
+        raise ReIDInputError(f"'{csv}' has empty cells: " + ', '.join(f"{k}: {v} row(s)" for k, v in c.items()))
     bad_split = set(df.split) - {'train', 'query', 'gallery'}
     if bad_split: raise ReIDInputError(f"'{csv}': split must be train/query/gallery, found {sorted(bad_split)}")
     if video: df['paths'] = [[absp(s) for s in str(v).split(sep)] for v in df['paths']]
@@ -273,7 +305,7 @@ def csv_df(csv, root=None, sep=';'):
     for ps in (df['paths'] if video else df['path'].map(lambda s: [s])):
         for p in ps:
             if not Path(p).is_file(): raise ReIDInputError(f"'{csv}' names '{p}', which does not exist")
+    df = check_id_columns(df, where=f"'{csv}'")
     df = df[df.pid != -1].reset_index(drop=True)
-    df['pid'] = df['pid'].astype(int); df['camid'] = df['camid'].astype(int)
     if video and 'n_frames' not in df: df['n_frames'] = df['paths'].map(len)
     return df

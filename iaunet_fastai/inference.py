@@ -108,18 +108,31 @@ class FeatureExtractor:
         self.std = torch.tensor(imagenet_stats[1]).view(3, 1, 1)
 
     def _to_tensor(self, x):
-        "One item -> normalised float [3, H, W]."
+        """One item -> normalised float [3, H, W]. Accepted: a path; a PIL image (16-bit greyscale scaled to 8 bits);
+        an [H, W, 3] array or a [3, H, W] tensor that is either integer with values 0..255 or float with values in
+        [0, 1]. Anything else is ambiguous (a float image in 0..255, an already normalised one) and refused."""
         if isinstance(x, (str, Path)): x = load_reid_image(x, self.size)
         if isinstance(x, Image.Image):
-            x = x.convert('RGB')
+            from iaunet_fastai.data import _to_rgb
+            x = _to_rgb(x)
             if x.size != (self.size[1], self.size[0]): x = x.resize((self.size[1], self.size[0]), Image.BICUBIC)
             x = torch.from_numpy(np.asarray(x).copy()).permute(2, 0, 1)
         elif isinstance(x, np.ndarray):
             if x.ndim != 3 or x.shape[-1] != 3: raise ReIDInputError(f"arrays must be [H, W, 3] RGB, got {x.shape}")
-            return self._to_tensor(Image.fromarray(x.astype(np.uint8)))
+            if x.dtype == np.uint8: return self._to_tensor(Image.fromarray(x))
+            if x.dtype.kind not in 'uif': raise ReIDInputError(f"arrays must hold numbers (uint8 0..255 or float 0..1), got {x.dtype}")
+            x = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)
         if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[0] != 3:
             raise ReIDInputError(f"cannot embed {type(x).__name__}: pass paths, PIL images, [H,W,3] arrays or [3,H,W] tensors")
-        x = x.float() / 255. if not x.is_floating_point() else x.float()
+        lo, hi = (x.min().item(), x.max().item()) if x.numel() else (0, 0)
+        if x.is_floating_point():
+            if lo < -1e-3 or hi > 1 + 1e-3:
+                raise ReIDInputError(f"float images must have values in [0, 1], got {lo:.3g}..{hi:.3g}: for 0..255 data pass uint8 "
+                                     "(or divide by 255); normalised images are not accepted (the extractor normalises)")
+            x = x.float().clamp(0, 1)
+        else:
+            if lo < 0 or hi > 255: raise ReIDInputError(f"integer images must have values 0..255, got {lo}..{hi} ({x.dtype})")
+            x = x.float() / 255.
         if tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(x[None], self.size, mode='bicubic', align_corners=False)[0].clamp(0, 1)
         return (x - self.mean) / self.std

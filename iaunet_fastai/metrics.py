@@ -22,6 +22,12 @@ def _as_tensor(x, name, dtype=None):
     if x is None: raise ReIDInputError(f"`{name}` is required")
     if not isinstance(x, torch.Tensor):
         a = np.asarray(x)
+        if a.dtype.kind == 'O':
+            try: a = a.astype(np.float64) if a.size and not isinstance(a.ravel()[0], (str, bytes)) else a
+            except (TypeError, ValueError): pass
+        if a.dtype.kind in 'OUSV':   # strings / objects: torch would fail with a raw TypeError
+            raise ReIDInputError(f"`{name}` must hold numbers, got {a.dtype} values (e.g. {(a.ravel()[0] if a.size else '')!r}); "
+                                 "map identities and cameras to integers first")
         if not a.flags.writeable: a = a.copy()        # pandas 3 `.values` are read-only; torch warns on those
         x = torch.as_tensor(a)
     t = x
@@ -31,6 +37,8 @@ def _as_tensor(x, name, dtype=None):
 def _check_ids(ids, n, name):
     t = _as_tensor(ids, name).reshape(-1)
     if len(t) != n: raise ReIDInputError(f"`{name}` has {len(t)} entries but there are {n} items")
+    if t.is_floating_point() and (bad := int((t != t.round()).sum())):   # NaN or fractions: truncation would merge ids
+        raise ReIDInputError(f"`{name}`: {bad} of {n} values are NaN or not whole numbers")
     return t.long()
 
 # %% ../nbs/08_metrics.ipynb #df467488
@@ -294,7 +302,7 @@ def evaluate_tracklets(clip_feats, clip_track_idx, pids, camids, is_query, mars=
 # %% ../nbs/08_metrics.ipynb #1cde993a
 def _knn(X, k, metric, rowmax, cs):
     "k nearest neighbours (sorted, self included) of every row of `X` among all rows, chunked; fills `rowmax`."
-    N = len(X); nn = torch.empty(N, k, dtype=torch.long); gn = X.norm(dim=1)
+    N = len(X); nn = torch.empty(N, k, dtype=torch.long); gn = X.norm(dim=1).clamp_min(1e-12)  # all-zero rows: no NaN
     for s in range(0, N, cs):
         d = pairwise_distance(X[s:s + cs], X, metric, gn).pow_(2)
         rowmax[s:s + cs] = d.max(1).values
@@ -313,12 +321,22 @@ def _pair_dist(X, i, j, metric, rowmax, bs=4096):
 
 # %% ../nbs/08_metrics.ipynb #984184f2
 def re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric='cosine', chunk_size=None):
-    "k-reciprocal re-ranking of `qf` [Q,D] vs `gf` [G,D] with sparse k-NN structures; returns float32 [Q,G] distance."
+    """k-reciprocal re-ranking of `qf` [Q,D] vs `gf` [G,D] with sparse k-NN structures; returns float32 [Q,G] distance.
+    On a set of N <= k1 items `k1` shrinks to N-1 (and `k2` to at most k1+1) with a warning; all-zero rows are allowed."""
     import scipy.sparse as sp
     qf, gf = _prep_features(qf, 'qf', torch.device('cpu')).float(), _prep_features(gf, 'gf', torch.device('cpu')).float()
     if qf.shape[1] != gf.shape[1]: raise ReIDInputError(f"`qf` has dim {qf.shape[1]} but `gf` has dim {gf.shape[1]}")
     X = torch.cat([qf, gf]); N, Q = len(X), len(qf)
-    if not 1 <= k2 <= k1 + 1 or k1 + 1 > N: raise ReIDInputError(f"need 1 <= k2 <= k1+1 <= N, got k1={k1}, k2={k2}, N={N}")
+    if k1 < 1 or k2 < 1: raise ReIDInputError(f"re-ranking needs k1 >= 1 and k2 >= 1, got k1={k1}, k2={k2}")
+    if k1 + 1 > N:      # a small set: fewer neighbours than asked for
+        import warnings
+        if N < 2: raise ReIDInputError(f"re-ranking needs at least 2 items (queries + gallery), got {N}")
+        warnings.warn(f"re-ranking: k1={k1} needs more than {N} items (queries + gallery); using k1={N - 1}")
+        k1 = N - 1
+    if k2 > k1 + 1:
+        import warnings
+        warnings.warn(f"re-ranking: k2={k2} must be <= k1+1={k1 + 1}; using k2={k1 + 1}")
+        k2 = k1 + 1
     cs = int(chunk_size or max(1, 2**23 // N))
     rowmax = torch.empty(N)
     nn = _knn(X, k1 + 1, metric, rowmax, cs)
@@ -346,7 +364,7 @@ def re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric='cosine', chunk_size=Non
         V = (A @ V).tocsr()
     Vc = V[Q:].tocsc(); Vc.sort_indices()                      # inverted index over the gallery rows
     out = np.empty((Q, N - Q), dtype=np.float32)
-    gn, colnnz = gf.norm(dim=1), np.diff(Vc.indptr)
+    gn, colnnz = gf.norm(dim=1).clamp_min(1e-12), np.diff(Vc.indptr)
     per_row = max(1., V[:Q].nnz / Q * Vc.nnz / N)                 # ~ (i, k, j) triples per query row
     js = max(1, min(cs, int(4e6 / per_row)))                      # bounded temporary arrays
     for s in range(0, Q, js):

@@ -11,7 +11,7 @@ __all__ = ['LIP_LABELS', 'PARTS', 'LIP_GROUPING', 'LOSSY_EXTS', 'IAUNET_PART_FIL
 
 # %% ../nbs/04_part_masks.ipynb #a6274b3c
 from .core import *
-import json, hashlib, shutil, time, math
+import json, hashlib, shutil, time, math, os, contextlib, warnings
 from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
 import numpy as np
@@ -175,10 +175,19 @@ def prior_part_map(img, bounds=PRIOR_BOUNDS, min_fg:float=0.05, **kwargs):
     return np.where(fg, band[:, None], 0).astype(np.uint8), ''
 
 # %% ../nbs/04_part_masks.ipynb #1b7acd01
+def _walk(root):
+    "Every file under `root`, following symlinked folders (as the dataset parsers do), each real folder once."
+    seen = set()
+    for d, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(d)
+        if real in seen: dirs[:] = []; continue
+        seen.add(real)
+        for f in files: yield Path(d)/f
+
 def list_images(image_dir, image_glob:str=None, recursive:bool=True) -> list:
-    "Sorted posix paths (relative to `image_dir`) of the non-hidden image files under `image_dir`."
+    "Sorted posix paths (relative to `image_dir`) of the non-hidden image files under `image_dir` (symlinked folders followed)."
     image_dir = check_dir(image_dir, 'image_dir')
-    it = image_dir.glob(image_glob) if image_glob else (image_dir.rglob('*') if recursive else image_dir.iterdir())
+    it = image_dir.glob(image_glob) if image_glob else (_walk(image_dir) if recursive else image_dir.iterdir())
     res = []
     for p in it:
         r = p.relative_to(image_dir)
@@ -272,7 +281,7 @@ def _parse_one_(parser, img_path, ref, size, lut, pkw):
     return np.ascontiguousarray(resize_nearest(m, size)), '', tuple(m.shape) != tuple(size)
 
 # %% ../nbs/04_part_masks.ipynb #6bb4e1b5
-_FORMAT = 1
+_FORMAT = 2   # 2: per-source size+mtime, resolved image paths
 
 def _work_chunk(jobs, pool=None):
     "Run `_parse_one` over `jobs` (in `pool` if given); module-level so tests can count or interrupt it."
@@ -292,10 +301,40 @@ def _load_chunk(path):
             return z['masks'], z['valid'], z['resized'], json.loads(str(z['reasons']))
     except Exception: return None
 
-def _complete(out, key):
+def _read_meta(out):
+    "meta.json of a finished cache at `out`, or None."
     try: meta = json.loads((out/'meta.json').read_text())
-    except Exception: return False
-    return meta.get('key') == key and (out/'masks.npy').is_file() and (out/'index.json').is_file()
+    except Exception: return None
+    return meta if (out/'masks.npy').is_file() and (out/'index.json').is_file() else None
+
+def _stat(p):
+    "[size, mtime_ns] of file `p` (None if missing): how a changed source is noticed."
+    try: st = os.stat(p); return [st.st_size, st.st_mtime_ns]
+    except OSError: return None
+
+def _source_sig(parser, img, ref):
+    "The size+mtime of every file that a cached map of `img` was computed from."
+    if parser == 'iaunet' and ref: return [_stat(img)] + [_stat(Path(ref)/f'{n}.png') for n in IAUNET_PART_FILES]
+    return [_stat(img), _stat(ref) if ref else None]
+
+@contextlib.contextmanager
+def _cache_lock(out, job, verbose=True):
+    """Hold `out/.lock` (an exclusive `flock`) while writing the cache. Another run of the same `job` waits for the
+    holder; a run with other inputs fails at once, naming the holder."""
+    import fcntl
+    f = open(out/'.lock', 'a+')
+    try:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0); holder = (f.read().split() + ['?', '?'])[:2]
+            if holder[1] != job:
+                raise ReIDInputError(f"part-mask cache '{out}' is being written by another precompute (pid {holder[0]}) with "
+                                     "other inputs; wait for it to finish, or write to another folder") from None
+            if verbose: print(f"part masks: an identical precompute (pid {holder[0]}) is writing '{out}'; waiting for it")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0); f.truncate(); f.write(f"{os.getpid()} {job}\n"); f.flush()
+        yield
+    finally: f.close()
 
 # %% ../nbs/04_part_masks.ipynb #5a4a2e7a
 def precompute_part_masks(image_dir, out, parser:str='lip', label_dir=None, size=(256, 128), grouping=LIP_GROUPING,
@@ -324,52 +363,98 @@ def precompute_part_masks(image_dir, out, parser:str='lip', label_dir=None, size
     if parser == 'prior': pkw.setdefault('bounds', PRIOR_BOUNDS)
     params = dict(format=_FORMAT, parser=parser, grouping=g, size=list(size), image_dir=str(image_dir),
                   label_dir=str(label_dir) if label_dir else None, prior=pkw if parser == 'prior' else None)
-    key = hashlib.sha1(json.dumps([params, names], sort_keys=True).encode()).hexdigest()
-    if not overwrite and _complete(out, key):
+    pkey = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()
+    refs = (match_lip_labels(names, image_dir, label_dir) if parser == 'lip' else
+            match_iaunet_folders(names, label_dir) if parser == 'iaunet' else [None] * len(names))
+    refs = [str(r) if r else None for r in refs]
+    sigs = [_source_sig(parser, str(image_dir/n), r) for n, r in zip(names, refs)]
+    key = hashlib.sha1(json.dumps([params, names, refs, sigs], sort_keys=True).encode()).hexdigest()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out/f'.write-test-{os.getpid()}', 'w'): pass
+        (out/f'.write-test-{os.getpid()}').unlink()
+    except OSError as e: raise ReIDInputError(f"out '{out}' is not a writable folder: {e.strerror or e}") from None
+    with _cache_lock(out, key, verbose):
+        return _precompute(out, image_dir, names, refs, sigs, params, pkey, key, parser, size, lut, pkw, label_dir,
+                           n_workers, chunk, overwrite, progress, verbose)
+
+def _precompute(out, image_dir, names, refs, sigs, params, pkey, key, parser, size, lut, pkw, label_dir,
+                n_workers, chunk, overwrite, progress, verbose):
+    "The work of `precompute_part_masks` once the cache lock is held."
+    meta = _read_meta(out)
+    if meta is not None and not overwrite and meta.get('key') == key:
         pm = load_part_masks(out)
         if verbose: print(f"part masks: '{out}' is up to date ({pm.meta['counts']['valid']}/{len(pm)} valid); "
                           "nothing to do (overwrite=True rebuilds)")
         return pm
-    refs = (match_lip_labels(names, image_dir, label_dir) if parser == 'lip' else
-            match_iaunet_folders(names, label_dir) if parser == 'iaunet' else [None] * len(names))
-    out.mkdir(parents=True, exist_ok=True)
-    (out/'meta.json').unlink(missing_ok=True)  # from here on the cache reads as incomplete until rebuilt
-    part = out/f'.partial-{key[:16]}-c{chunk}'
+    old, reuse = None, {}   # rows of the finished cache whose sources did not change: kept, not recomputed
+    if meta is not None and not overwrite and meta.get('pkey') == pkey:
+        try:
+            old = load_part_masks(out); oidx = json.loads((out/'index.json').read_text())
+            osig = {n: (r, s) for n, r, s in zip(oidx['names'], oidx.get('refs', []), oidx.get('sources', []))}
+            reuse = {i: old._idx[n] for i, (n, r, s) in enumerate(zip(names, refs, sigs)) if osig.get(n) == (r, s)}
+        except ReIDInputError: old, reuse = None, {}
+    todo_rows = [i for i in range(len(names)) if i not in reuse]
+    part = out/f".partial-{hashlib.sha1(json.dumps([key, todo_rows]).encode()).hexdigest()[:16]}-c{chunk}"
     if overwrite and part.exists(): shutil.rmtree(part)
     part.mkdir(exist_ok=True)
-    n_chunks = math.ceil(len(names) / chunk)
+    n_chunks = math.ceil(len(todo_rows) / chunk)
     cpath = lambda c: part/f'chunk_{c:06d}.npz'
     todo = [c for c in range(n_chunks) if _load_chunk(cpath(c)) is None]
     t0, pool = time.time(), (ProcessPoolExecutor(n_workers) if n_workers > 0 and todo else None)
+    from concurrent.futures.process import BrokenProcessPool
     try:
         for c in progress_bar(todo, show=progress, leave=False):
-            jobs = [(parser, str(image_dir/n), str(r) if r else None, size, lut, pkw)
-                    for n, r in zip(names[c*chunk:(c+1)*chunk], refs[c*chunk:(c+1)*chunk])]
+            rows = todo_rows[c*chunk:(c+1)*chunk]
+            jobs = [(parser, str(image_dir/names[i]), refs[i], size, lut, pkw) for i in rows]
             _save_chunk(cpath(c), _work_chunk(jobs, pool), size)
+    except BrokenProcessPool:
+        raise ReIDInputError(f"a part-mask worker process died (killed, or out of memory?) while writing '{out}': the "
+                             f"chunks finished so far are kept in '{part}'; rerun the same command to resume (with fewer "
+                             "workers if memory is short)") from None
     finally:
-        if pool: pool.shutdown()
+        if pool: pool.shutdown(cancel_futures=True)
     valid, resized, reasons = np.zeros(len(names), bool), 0, {}
-    with atomic_path(out/'masks.npy') as tmp:
-        mm = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(len(names), *size))
-        for c in range(n_chunks):
-            ld = _load_chunk(cpath(c))
-            if ld is None: raise ReIDInputError(f"partial chunk '{cpath(c)}' vanished or is corrupt while assembling; rerun to redo it")
-            m, v, r, w = ld; sl = slice(c*chunk, c*chunk + len(v))
-            mm[sl], valid[sl], resized = m, v, resized + int(r.sum())
-            reasons.update({c*chunk + i: s for i, s in enumerate(w) if s})
-        mm.flush(); del mm
+    ostats = set(old.meta.get('resized_rows', [])) if old is not None else set()
+    oreason = old.reasons if old is not None else {}
+    resized_rows = []
+    stage = out/f'.staging-{key[:16]}'
+    if stage.exists(): shutil.rmtree(stage)
+    stage.mkdir()
+    mm = np.lib.format.open_memmap(stage/'masks.npy', mode='w+', dtype=np.uint8, shape=(len(names), *size))
+    for i, j in reuse.items():
+        mm[i], valid[i] = old.masks[j], old.valid[j]
+        if j in oreason: reasons[i] = oreason[j]
+        if j in ostats: resized_rows.append(i)
+    for c in range(n_chunks):
+        ld = _load_chunk(cpath(c))
+        if ld is None: raise ReIDInputError(f"partial chunk '{cpath(c)}' vanished or is corrupt while assembling; rerun to redo it")
+        m, v, r, w = ld; rows = todo_rows[c*chunk:c*chunk + len(v)]
+        mm[rows], valid[rows] = m, v
+        resized_rows += [rows[k] for k in np.flatnonzero(r)]
+        reasons.update({rows[k]: s for k, s in enumerate(w) if s})
+    mm.flush(); del mm
+    resized = len(resized_rows)
     cats = {}
     for s in reasons.values(): cats[s.split(':', 1)[0]] = cats.get(s.split(':', 1)[0], 0) + 1
     counts = dict(total=len(names), valid=int(valid.sum()), invalid=int((~valid).sum()), resized=resized, invalid_by_reason=cats)
-    with atomic_path(out/'index.json') as tmp:
-        tmp.write_text(json.dumps(dict(names=names, valid=valid.tolist(), reasons={str(k): v for k, v in sorted(reasons.items())})))
+    resolved = [os.path.realpath(image_dir/n) for n in names]
+    (stage/'index.json').write_text(json.dumps(dict(names=names, valid=valid.tolist(), reasons={str(k): v for k, v in sorted(reasons.items())},
+                                                    refs=refs, sources=sigs, resolved=resolved)))
     source = ('opencv GrabCut body prior' if parser == 'prior' else
               f"{'JPPNet/SCHP LIP label PNGs' if parser == 'lip' else 'authors part-mask folders'} in {label_dir}")
-    meta = dict(params, source=source, parts=PARTS, counts=counts, key=key, created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-                seconds=round(time.time() - t0, 3), chunks_computed=len(todo))
+    meta = dict(params, source=source, parts=PARTS, counts=counts, key=key, pkey=pkey,
+                created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), seconds=round(time.time() - t0, 3),
+                chunks_computed=len(todo), recomputed=len(todo_rows), reused=len(reuse), resized_rows=sorted(resized_rows))
+    # the replacement is complete: swap it in (the old cache stays valid until here; meta.json goes last)
+    (out/'meta.json').unlink(missing_ok=True)
+    os.replace(stage/'masks.npy', out/'masks.npy'); os.replace(stage/'index.json', out/'index.json')
     with atomic_path(out/'meta.json') as tmp: tmp.write_text(json.dumps(meta, indent=1))
-    for p in out.glob('.partial-*'): shutil.rmtree(p, ignore_errors=True)
-    if verbose: print(_summary(out, meta, reasons))
+    shutil.rmtree(stage, ignore_errors=True)
+    for p in list(out.glob('.partial-*')) + list(out.glob('.staging-*')): shutil.rmtree(p, ignore_errors=True)
+    if verbose:
+        print(_summary(out, meta, reasons) + (f"\n  {len(reuse)} unchanged maps kept, {len(todo_rows)} recomputed "
+                                              "(new or changed sources)" if reuse else ''))
     return load_part_masks(out)
 
 def _summary(out, meta, reasons, n_show=5):
@@ -384,8 +469,10 @@ def _summary(out, meta, reasons, n_show=5):
 # %% ../nbs/04_part_masks.ipynb #9b3353fa
 class PartMasks:
     "Cached part maps: `.masks` uint8 [N, H, W] (memory-mapped), `.names`, `.valid` bool [N], `.meta`; lookup with `get`."
-    def __init__(self, masks, names, valid, meta, reasons=None):
+    def __init__(self, masks, names, valid, meta, reasons=None, resolved=None):
         store_attr('masks,names,meta'); self.valid = np.asarray(valid, bool)
+        self._real = {r: i for i, r in enumerate(resolved or [])}   # symlinked folders: the targets' paths
+        self._warned = False
         self.reasons = {int(k): v for k, v in (reasons or {}).items()}
         self._idx = {n: i for i, n in enumerate(names)}
         stems = {}
@@ -409,6 +496,16 @@ class PartMasks:
             try: r = pp.relative_to(self._root).as_posix()
             except ValueError: r = None
             if r in self._idx: return self._idx[r]
+            if s in self._real: return self._real[s]
+            if r is None and self._root.is_dir() and pp.is_file():
+                rp = os.path.realpath(s)
+                if rp in self._real: return self._real[rp]
+                # an existing image under another root (e.g. CUHK03 detected/ vs labeled/): same names, other pictures
+                if not self._warned:
+                    self._warned = True
+                    warnings.warn(f"part-mask cache built from the images under '{self._root}' was asked for '{s}', which is "
+                                  "under another folder: those images get no mask (build a cache for their folder)")
+                return None
         parts = [q for q in pp.parts if q not in ('/', '.')]
         for k in range(1, len(parts)):  # a moved dataset, or a path relative to another folder: match trailing folders
             t = '/'.join(parts[k:])
@@ -447,7 +544,7 @@ def load_part_masks(out, mmap:bool=True) -> PartMasks:
     if masks.dtype != np.uint8 or masks.shape != (n, *size) or len(idx['valid']) != n:
         raise ReIDInputError(f"part-mask cache '{out}' is inconsistent: masks {masks.dtype}{list(masks.shape)}, "
                              f"{n} names, size {list(size)}")
-    return PartMasks(masks, idx['names'], idx['valid'], meta, idx.get('reasons'))
+    return PartMasks(masks, idx['names'], idx['valid'], meta, idx.get('reasons'), idx.get('resolved'))
 
 # %% ../nbs/04_part_masks.ipynb #333fd1cc
 def masks_cli(image_dir:str,              # folder of images (searched recursively)
@@ -460,7 +557,7 @@ def masks_cli(image_dir:str,              # folder of images (searched recursive
               no_recursive:bool=False,    # only the top level of image_dir
               n_workers:int=0,            # worker processes (0: in this process)
               chunk:int=512,              # images per resumable chunk
-              overwrite:bool=False,       # rebuild even if a finished cache with the same inputs exists
+              overwrite:bool=False,       # rebuild every map (by default only new or changed sources are recomputed)
               no_progress:bool=False):    # hide the progress bar
     "Precompute part masks for every image under `image_dir` into the cache folder `out`."
     pm = precompute_part_masks(image_dir, out, parser=parser, label_dir=label_dir, size=(height, width),

@@ -219,12 +219,15 @@ def test_interrupted_run_resumes_and_rerun_does_no_work(tmp_path, monkeypatch):
     assert len(calls) == 8
 
 
-def test_crash_during_rebuild_never_leaves_a_complete_looking_cache(tmp_path, monkeypatch):
+def test_crash_during_rebuild_keeps_the_finished_cache(tmp_path, monkeypatch):
+    "A rebuild with other parameters that stops half-way leaves the previous finished cache valid (never a mix)."
     img_dir, lab_dir, names = write_dataset(tmp_path, n=4)
-    out = tmp_path/'cache'; build(img_dir, out, lab_dir)
+    out = tmp_path/'cache'; first = build(img_dir, out, lab_dir)
     counting(monkeypatch, fail_after=0)
     with pytest.raises(SimulatedCrash): build(img_dir, out, lab_dir, size=(16, 8))
-    with pytest.raises(ReIDInputError, match='incomplete'): load_part_masks(out)
+    pm = load_part_masks(out)
+    assert pm.size == (32, 16) and pm.meta['key'] == first.meta['key']
+    np.testing.assert_array_equal(np.asarray(pm.masks), np.asarray(first.masks))
 
 
 def test_workers_give_the_same_cache(tmp_path):
