@@ -192,7 +192,7 @@ def schp_dataset_of(n_classes:int) -> str:
         if len(d['labels']) == n_classes: return k
     raise ReIDInputError(f"an SCHP checkpoint with {n_classes} classes is none of {{lip: 20, atr: 18, pascal: 7}}")
 
-# %% ../nbs/04b_schp.ipynb #9d3acd40
+# %% ../nbs/04b_schp.ipynb #090ec965
 def load_schp(weights, dataset:str=None, device=None):
     "An eval-mode `SCHPNet` with the checkpoint `weights` loaded strictly, and its dataset name: `(model, dataset)`."
     if dataset is not None and dataset not in SCHP_DATASETS:
@@ -202,8 +202,8 @@ def load_schp(weights, dataset:str=None, device=None):
     found = schp_dataset_of(n_classes)
     if dataset is not None and found != dataset:
         raise ReIDInputError(f"'{weights}' has {n_classes} classes ({found}), not the {len(SCHP_DATASETS[dataset]['labels'])} of {dataset}")
-    model = SCHPNet(n_classes, layers)
-    try: model.load_state_dict(sd, strict=True)
+    with torch.device('meta'): model = SCHPNet(n_classes, layers)   # no random init: every tensor comes from the file
+    try: model.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as e: raise ReIDInputError(f"'{weights}' does not match SCHP's ResNet network: {e}") from e
     return model.eval().to(best_device(device)), found
 
