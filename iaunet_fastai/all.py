@@ -4,6 +4,7 @@ from .synthetic import *
 from .datasets import *
 from .data import *
 from .part_masks import *
+from .schp import *
 from .layers import *
 from .models import *
 from .losses import *

@@ -285,6 +285,7 @@ _FORMAT = 2   # 2: per-source size+mtime, resolved image paths
 
 def _work_chunk(jobs, pool=None):
     "Run `_parse_one` over `jobs` (in `pool` if given); module-level so tests can count or interrupt it."
+    if jobs and jobs[0][0] == 'schp': from .schp import schp_parse_chunk; return schp_parse_chunk(jobs)  # batched network
     return list(pool.map(_parse_one, jobs, chunksize=max(1, len(jobs) // 8))) if pool else [_parse_one(j) for j in jobs]
 
 def _save_chunk(path, res, size):
@@ -339,20 +340,22 @@ def _cache_lock(out, job, verbose=True):
 # %% ../nbs/04_part_masks.ipynb #5a4a2e7a
 def precompute_part_masks(image_dir, out, parser:str='lip', label_dir=None, size=(256, 128), grouping=LIP_GROUPING,
                           image_glob:str=None, recursive:bool=True, n_workers:int=0, chunk:int=512,
-                          overwrite:bool=False, progress:bool=True, verbose:bool=True, prior_kwargs:dict=None):
+                          overwrite:bool=False, progress:bool=True, verbose:bool=True, prior_kwargs:dict=None,
+                          weights=None, schp_kwargs:dict=None):
     """Turn a parser's output for every image under `image_dir` into a part-mask cache at `out`; return `load_part_masks(out)`.
 
     `parser`: 'lip' (JPPNet/SCHP label PNGs under `label_dir`), 'iaunet' (authors' `<stem>/{head,...}.png` folders under
-    `label_dir`) or 'prior' (offline OpenCV body prior, no `label_dir`). `size` = (height, width) of the cached maps.
+    `label_dir`), 'prior' (offline OpenCV body prior, no `label_dir`) or 'schp' (the SCHP network run here on the images,
+    checkpoint file `weights`, options `schp_kwargs`: see `iaunet_fastai.schp`). `size` = (height, width) of the cached maps.
     Images without a usable mask are kept with `valid=False` and a reason; the counts are printed at the end."""
-    if parser not in ('lip', 'iaunet', 'prior'): raise ReIDInputError(f"parser must be 'lip', 'iaunet' or 'prior', got '{parser}'")
+    if parser not in ('lip', 'iaunet', 'prior', 'schp'): raise ReIDInputError(f"parser must be 'lip', 'iaunet', 'prior' or 'schp', got '{parser}'")
     image_dir = check_dir(image_dir, 'image_dir').resolve()
     try: size = tuple(int(s) for s in size); assert len(size) == 2 and min(size) > 0
     except Exception: raise ReIDInputError(f"size must be (height, width) of positive ints, got {size!r}") from None
     if chunk < 1 or n_workers < 0: raise ReIDInputError(f"chunk must be >= 1 and n_workers >= 0 (got {chunk}, {n_workers})")
     g = check_grouping(grouping); lut = grouping_lut(g)
-    if parser == 'prior':
-        if label_dir is not None: raise ReIDInputError("parser='prior' computes masks from the images: do not pass label_dir")
+    if parser in ('prior', 'schp'):
+        if label_dir is not None: raise ReIDInputError(f"parser='{parser}' computes masks from the images: do not pass label_dir")
     elif label_dir is None: raise ReIDInputError(f"parser='{parser}' needs label_dir (the folder holding the parser's output)")
     else: label_dir = check_dir(label_dir, 'label_dir').resolve()
     names = list_images(image_dir, image_glob, recursive)
@@ -361,8 +364,10 @@ def precompute_part_masks(image_dir, out, parser:str='lip', label_dir=None, size
     if out.exists() and not out.is_dir(): raise ReIDInputError(f"out '{out}' exists and is not a directory")
     pkw = dict(prior_kwargs or {})
     if parser == 'prior': pkw.setdefault('bounds', PRIOR_BOUNDS)
+    if parser == 'schp': from .schp import schp_job_options; pkw, schp_key = schp_job_options(weights, image_dir, g, **(schp_kwargs or {}))
     params = dict(format=_FORMAT, parser=parser, grouping=g, size=list(size), image_dir=str(image_dir),
-                  label_dir=str(label_dir) if label_dir else None, prior=pkw if parser == 'prior' else None)
+                  label_dir=str(label_dir) if label_dir else None, prior=pkw if parser == 'prior' else None,
+                  **({'schp': schp_key} if parser == 'schp' else {}))
     pkey = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()
     refs = (match_lip_labels(names, image_dir, label_dir) if parser == 'lip' else
             match_iaunet_folders(names, label_dir) if parser == 'iaunet' else [None] * len(names))
@@ -441,7 +446,7 @@ def _precompute(out, image_dir, names, refs, sigs, params, pkey, key, parser, si
     resolved = [os.path.realpath(image_dir/n) for n in names]
     (stage/'index.json').write_text(json.dumps(dict(names=names, valid=valid.tolist(), reasons={str(k): v for k, v in sorted(reasons.items())},
                                                     refs=refs, sources=sigs, resolved=resolved)))
-    source = ('opencv GrabCut body prior' if parser == 'prior' else
+    source = ('opencv GrabCut body prior' if parser == 'prior' else f"SCHP network ({pkw['dataset']}) {pkw['weights']}" if parser == 'schp' else
               f"{'JPPNet/SCHP LIP label PNGs' if parser == 'lip' else 'authors part-mask folders'} in {label_dir}")
     meta = dict(params, source=source, parts=PARTS, counts=counts, key=key, pkey=pkey,
                 created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), seconds=round(time.time() - t0, 3),
@@ -549,7 +554,7 @@ def load_part_masks(out, mmap:bool=True) -> PartMasks:
 # %% ../nbs/04_part_masks.ipynb #333fd1cc
 def masks_cli(image_dir:str,              # folder of images (searched recursively)
               out:str,                    # cache folder to write (masks.npy, index.json, meta.json)
-              parser:str='lip',           # 'lip' (JPPNet/SCHP label PNGs), 'iaunet' (authors' part folders) or 'prior' (offline)
+              parser:str='lip',           # 'lip' (JPPNet/SCHP label PNGs), 'iaunet' (authors' part folders), 'prior' (offline) or 'schp' (run SCHP)
               label_dir:str=None,         # folder of the parser's output (lip/iaunet)
               height:int=256,             # height of the cached maps
               width:int=128,              # width of the cached maps
@@ -558,9 +563,17 @@ def masks_cli(image_dir:str,              # folder of images (searched recursive
               n_workers:int=0,            # worker processes (0: in this process)
               chunk:int=512,              # images per resumable chunk
               overwrite:bool=False,       # rebuild every map (by default only new or changed sources are recomputed)
-              no_progress:bool=False):    # hide the progress bar
+              no_progress:bool=False,     # hide the progress bar
+              weights:str=None,           # schp: the SCHP checkpoint file (e.g. exp-schp-201908261155-lip.pth)
+              device:str=None,            # schp: 'cuda', 'cpu', ... (default: the best available)
+              batch_size:int=None,        # schp: images per forward pass (default 16 on a GPU, 4 on the CPU)
+              precision:str='fp32',       # schp: 'fp32' or 'bf16' (GPU autocast)
+              save_labels:str=None):      # schp: also write SCHP's raw palette label PNGs under this folder
     "Precompute part masks for every image under `image_dir` into the cache folder `out`."
     pm = precompute_part_masks(image_dir, out, parser=parser, label_dir=label_dir, size=(height, width),
                                image_glob=image_glob, recursive=not no_recursive, n_workers=n_workers, chunk=chunk,
-                               overwrite=overwrite, progress=not no_progress)
+                               overwrite=overwrite, progress=not no_progress, weights=weights,
+                               schp_kwargs=dict(device=device, batch_size=batch_size, precision=precision, label_png_dir=save_labels,
+                                                progress=not no_progress)
+                               if parser == 'schp' else None)
     return 0
