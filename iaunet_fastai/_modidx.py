@@ -142,6 +142,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                         'iaunet_fastai.datasets._need': ('datasets.html#_need', 'iaunet_fastai/datasets.py'),
                                         'iaunet_fastai.datasets._pick_split': ('datasets.html#_pick_split', 'iaunet_fastai/datasets.py'),
                                         'iaunet_fastai.datasets._two_cam_df': ('datasets.html#_two_cam_df', 'iaunet_fastai/datasets.py'),
+                                        'iaunet_fastai.datasets.combine_datasets': ( 'datasets.html#combine_datasets',
+                                                                                     'iaunet_fastai/datasets.py'),
                                         'iaunet_fastai.datasets.csv_df': ('datasets.html#csv_df', 'iaunet_fastai/datasets.py'),
                                         'iaunet_fastai.datasets.cuhk03_df': ('datasets.html#cuhk03_df', 'iaunet_fastai/datasets.py'),
                                         'iaunet_fastai.datasets.dukemtmc_df': ('datasets.html#dukemtmc_df', 'iaunet_fastai/datasets.py'),
