@@ -197,6 +197,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                               'iaunet_fastai/interpret.py'),
                                          'iaunet_fastai.interpret.ReIDLearner.show_results': ( 'interpret.html#reidlearner.show_results',
                                                                                                'iaunet_fastai/interpret.py'),
+                                         'iaunet_fastai.interpret._dls_attr': ('interpret.html#_dls_attr', 'iaunet_fastai/interpret.py'),
                                          'iaunet_fastai.interpret._first_clip': ( 'interpret.html#_first_clip',
                                                                                   'iaunet_fastai/interpret.py'),
                                          'iaunet_fastai.interpret._items_of': ('interpret.html#_items_of', 'iaunet_fastai/interpret.py'),

@@ -462,8 +462,10 @@ class ReIDTestItems:
         if self.item_tfms is not None: x, _ = _apply_item_tfms(self.item_tfms, x)
         return (x,)
 
+ReIDDataLoaders.n_inp = 1   # fastai reads `dls.n_inp`; also on data-free (exported) loaders
+
 @patch(as_prop=True)
-def c(self:ReIDDataLoaders): 
+def c(self:ReIDDataLoaders):
     "The number of train identities (fastai's `dls.c`)."
     return self.n_classes
 
@@ -471,10 +473,10 @@ def c(self:ReIDDataLoaders):
 def test_dl(self:ReIDDataLoaders, test_items, rm_type_tfms=None, with_labels=False, bs=None, num_workers=0, **kwargs):
     "A `ReIDEvalDL` over `test_items` (see `ReIDTestItems`) with the evaluation transforms; `dl.owner` maps samples to items."
     if with_labels: raise ReIDInputError("test_dl(with_labels=True) is not supported: build dls with reid_dls(df) to evaluate with pids")
-    ds = ReIDTestItems(test_items, self.img_size, self.seq_len, getattr(self, 'item_tfms', None))
+    ds = ReIDTestItems(test_items, self.img_size, self.seq_len, self.__dict__.get('item_tfms'))
     if bs is None: bs = max(1, 2*(self.P or 16)*(self.K or 4)//(self.seq_len or 1))
     dl = ReIDEvalDL(ds, bs=bs, shuffle=False, drop_last=False, num_workers=num_workers,
-                    after_batch=_tfms(False, None, getattr(self, 'batch_tfms', None)), device=self.device, **kwargs)
+                    after_batch=_tfms(False, None, self.__dict__.get('batch_tfms')), device=self.device, **kwargs)
     dl.owner = ds.owner
     return dl
 

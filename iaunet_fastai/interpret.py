@@ -16,11 +16,16 @@ import torch.nn.functional as F
 from fastcore.basics import *
 from fastai.learner import Learner
 import fastai.callback.hook        # `Learner.summary`
-from .data import _denorm, _PART_CMAP, ReIDTestItems
+from .data import _denorm, _PART_CMAP, ReIDTestItems, PKDataLoader
 from .models import VideoIAUnet
 from .metrics import aggregate_tracklets, evaluate_retrieval, show_ranked
 
 # %% ../nbs/10e_interpret.ipynb #39077559
+def _dls_attr(dls, name):
+    "`dls.name`, or None (also for data-free exported loaders, whose attribute lookup falls through to a missing `train`)."
+    try: return getattr(dls, name, None)
+    except IndexError: return None
+
 def _items_of(df):
     "The loadable items of a canonical frame: image paths or tracklet frame lists."
     return list(df['paths'] if 'paths' in df.columns else df['path'])
@@ -37,6 +42,9 @@ class ReIDLearner(Learner):
     shows queries → top-k gallery."""
     def get_preds(self, ds_idx=1, dl=None, with_input=False, with_decoded=False, with_loss=False, act=None,
                   inner=False, reorder=True, cbs=None, **kwargs):
+        if dl is None:
+            dl = self.dls[ds_idx].new(shuffle=False, drop_last=False)
+            if isinstance(dl, PKDataLoader): reorder = False              # P×K draws repeat items: keep the batch order
         res = list(super().get_preds(ds_idx=ds_idx, dl=dl, with_input=with_input, with_decoded=with_decoded,
                                      with_loss=with_loss, act=act, inner=inner, reorder=reorder, cbs=cbs, **kwargs))
         owner, i = getattr(dl, 'owner', None), int(with_input)
@@ -55,7 +63,7 @@ def set_gallery(self:ReIDLearner, gallery=None, bs=None):
     """Embed and keep a gallery for `predict`: a canonical frame, a list of items, or None for `dls.gallery_df`.
     The gallery travels with `learn.export()`."""
     if gallery is None:
-        gallery = getattr(self.dls, 'gallery_df', None)
+        gallery = _dls_attr(self.dls, 'gallery_df')
         if gallery is None or len(gallery) == 0:
             raise ReIDInputError("these dls have no gallery (exported or train-only learner): pass set_gallery(gallery=<frame or items>)")
     gdf = gallery.reset_index(drop=True) if isinstance(gallery, pd.DataFrame) else pd.DataFrame({'item': list(gallery)})
@@ -85,7 +93,7 @@ def predict(self:ReIDLearner, item, gallery=None, k=10, with_input=False):
 def show_results(self:ReIDLearner, ds_idx=1, dl=None, max_n=4, k=6, shuffle=True, seed=None, **kwargs):
     """Queries → their top-`k` gallery items (green: same identity, red: another), for `max_n` queries of
     `dls.query_df` against `dls.gallery_df` (random ones with `shuffle`). Returns the matplotlib figure."""
-    q, g = getattr(self.dls, 'query_df', None), getattr(self.dls, 'gallery_df', None)
+    q, g = _dls_attr(self.dls, 'query_df'), _dls_attr(self.dls, 'gallery_df')
     if q is None or g is None or len(q) == 0 or len(g) == 0:
         raise ReIDInputError("show_results needs query and gallery frames: build the dls with reid_dls(df) (not train_only)")
     rng = np.random.default_rng(seed)
@@ -129,7 +137,7 @@ def show_part_maps(learn, items, masks=None, frame=None, figsize_per=(1.0, 1.9),
     from iaunet_fastai.part_masks import PARTS
     items = _items_of(items) if isinstance(items, pd.DataFrame) else list(items)
     if not items: raise ReIDInputError("show_part_maps: no items")
-    pm = masks if masks is not None else getattr(learn.dls, 'masks', None)
+    pm = masks if masks is not None else _dls_attr(learn.dls, 'masks')
     if pm is not None and not hasattr(pm, 'get'):
         from iaunet_fastai.part_masks import load_part_masks
         pm = load_part_masks(pm)
@@ -165,7 +173,7 @@ def show_part_maps(learn, items, masks=None, frame=None, figsize_per=(1.0, 1.9),
 def evaluate_targets(learn, by='dataset', gallery='non_query', **kwargs) -> dict:
     """Retrieval metrics of each target dataset separately: `{name: evaluate_retrieval(...)}` for every value of the
     `by` column of `dls.query_df` (see `combine_datasets`); `gallery='all'` keeps the queries in the gallery (MARS)."""
-    q, g = getattr(learn.dls, 'query_df', None), getattr(learn.dls, 'gallery_df', None)
+    q, g = _dls_attr(learn.dls, 'query_df'), _dls_attr(learn.dls, 'gallery_df')
     if q is None or g is None or len(q) == 0: raise ReIDInputError("evaluate_targets needs dls with query/gallery splits (reid_dls(df))")
     if by not in q.columns or by not in g.columns:
         raise ReIDInputError(f"the query/gallery frames have no {by!r} column: build df with combine_datasets({{name: df, ...}})")
