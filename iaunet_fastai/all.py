@@ -12,5 +12,6 @@ from .metrics import *
 from .callbacks import *
 from .learner import *
 from .inference import *
+from .interpret import *
 from .commands import *
 from fastai.learner import load_learner   # for learn.export() files (pickles: trusted files only)

@@ -77,7 +77,7 @@ class RetrievalEvaluator(Callback):
         "Evaluate the collected embeddings once per validation; returns the result dict (None before any)."
         if not self._pending: return self.results
         self._pending = False
-        if not self._store: raise ReIDInputError("RetrievalEvaluator: no evaluation batch (x, pid, camid, is_query, item) was seen")
+        if not self._store: return self.results           # no eval batch seen (get_preds on train/test, summary): nothing to score
         f, pid, cam, isq, item = (torch.cat(t) for t in zip(*self._store))
         self._store = []
         isq = isq.bool()

@@ -6,7 +6,7 @@ target, P×K identity sampling for training, ordered query/gallery loaders for e
 # %% auto #0
 __all__ = ['load_reid_image', 'TensorClip', 'LoadReIDImage', 'LoadClip', 'LoadPartMask', 'ImageReIDBlock', 'TrackletBlock',
            'PartMaskBlock', 'check_images', 'ReIDAugment', 'pk_num_batches', 'pk_indices', 'clip_frames', 'eval_clips',
-           'ReIDItems', 'PKDataLoader', 'ReIDEvalDL', 'ReIDDataLoaders', 'reid_dls']
+           'ReIDItems', 'PKDataLoader', 'ReIDEvalDL', 'ReIDDataLoaders', 'reid_dls', 'ReIDTestItems']
 
 # %% ../nbs/03_data.ipynb #29b7fe02
 from .core import *
@@ -202,12 +202,37 @@ def eval_clips(n, seq_len):
         out.append([fr[j % len(fr)] for j in range(seq_len)])
     return out
 
+# %% ../nbs/03_data.ipynb #118ebde6
+def _item_pipeline(item_tfms, split_idx):
+    from fasttransform import Pipeline
+    from fastcore.foundation import L
+    return Pipeline(list(L(item_tfms)), split_idx=split_idx) if item_tfms else None
+
+def _apply_item_tfms(pipe, x, m=None):
+    """Run fastai item transforms on an image (and its mask) as `PILImage`/`PILMask`, or on every frame of a clip
+    (and its masks) in ONE call, so random transforms draw once per clip and masks follow geometric changes."""
+    from fastai.vision.core import PILImage, PILMask
+    video = x.ndim == 4
+    frames = list(x) if video else [x]
+    masks = ([] if m is None else list(m) if video else [m])
+    no_mask = [bool((mm == 255).all()) for mm in masks]
+    ims = tuple(PILImage.create(f.permute(1, 2, 0).numpy()) for f in frames)
+    mks = tuple(PILMask.create(mm.numpy()) for mm in masks)
+    out = pipe(ims + mks)
+    out = out if isinstance(out, tuple) else (out,)
+    xs = [TensorImage(_img2tensor(o.convert('RGB')) if isinstance(o, Image.Image) else o) for o in out[:len(ims)]]
+    ms = [TensorMask(torch.from_numpy(np.asarray(o).copy()) if isinstance(o, Image.Image) else o) for o in out[len(ims):]]
+    ms = [torch.full_like(mm, 255) if bad else mm for mm, bad in zip(ms, no_mask)]   # no mask stays "no mask"
+    x = TensorClip(torch.stack(xs)) if video else xs[0]
+    m = None if m is None else (TensorMask(torch.stack(ms)) if video else ms[0])
+    return x, m
+
 # %% ../nbs/03_data.ipynb #cc56a958
 class ReIDItems:
     "Indexed reID samples from a canonical frame: images or clips (+ part masks); train or evaluation tuples."
     n_inp = 1   # fastai: only `x` is the model's input; the rest (label, mask / pid, camid, ...) are targets
     def __init__(self, df, size=(256, 128), labels=None, masks=None, seq_len=None, sample_stride=1,
-                 is_query=None, offset=0):
+                 is_query=None, offset=0, item_tfms=None):
         self.video = 'paths' in df.columns
         if self.video and seq_len is None: raise ReIDInputError("seq_len is needed for a tracklet frame (column 'paths')")
         self.seq_len, self.sample_stride, self.size = seq_len, sample_stride, tuple(size)
@@ -223,6 +248,8 @@ class ReIDItems:
         if self.video and not self.train:
             self.specs = [(r, tuple(c)) for r, ps in enumerate(self.srcs) for c in eval_clips(len(ps), seq_len)]
         self.offset = offset
+        self.split_idx = 0 if self.train else 1   # fastai: train-only transforms (split_idx=0) run on train batches
+        self.item_tfms = _item_pipeline(item_tfms, self.split_idx)
 
     def __len__(self): return len(self.specs) if self.specs is not None else len(self.srcs)
 
@@ -241,6 +268,7 @@ class ReIDItems:
             r = s
             x = self.load_img(self.srcs[r])
             m = None if self.load_mask is None else self.load_mask(self.srcs[r])
+        if self.item_tfms is not None: x, m = _apply_item_tfms(self.item_tfms, x, m)
         if self.train: return (x, TensorCategory(self.labels[r])) + ((m,) if m is not None else ())
         return (x, torch.tensor(self.pids[r]), torch.tensor(self.camids[r]), torch.tensor(self.is_query[r]),
                 torch.tensor(r + self.offset))
@@ -314,8 +342,15 @@ class PKDataLoader(_ShowMixin, TfmdDL):
         return idxs
 
     def new(self, dataset=None, cls=None, **kwargs):
+        "A copy (fastai's `new`); `bs=` is honoured as `P = bs // K` when `K` divides it, refused otherwise."
         kw = dict(P=self.P, K=self.K, seed=self.seed, labels=self.labels, vocab=self.vocab, warn=False,
                   world_size=self.world_size)
+        bs = kwargs.pop('bs', None)
+        if bs is not None and bs != kw['P']*kwargs.get('K', kw['K']):
+            K = kwargs.get('K', kw['K'])
+            if bs % K: raise ReIDInputError(f"bs={bs} is not a multiple of K={K}: a P×K batch holds P identities × K "
+                                            f"instances; pass bs=P*K (or new(P=..., K=...))")
+            kwargs['P'] = bs // K
         return super().new(dataset, cls, **merge(kw, kwargs))
 
     def title(self, b, i):
@@ -360,12 +395,14 @@ def _get_masks(masks):
     from iaunet_fastai.part_masks import load_part_masks
     return load_part_masks(masks)
 
-def _tfms(train, seed):
-    return [IntToFloatTensor(), Normalize.from_stats(*imagenet_stats, cuda=False)] + ([ReIDAugment(seed=seed)] if train else [])
+def _tfms(train, seed, batch_tfms=None):
+    return ([IntToFloatTensor(), Normalize.from_stats(*imagenet_stats, cuda=False)] + ([ReIDAugment(seed=seed)] if train else [])
+            + list(batch_tfms or []))
 
 def reid_dls(df, size=(256, 128), P=16, K=4, seq_len=None, sample_stride=1, masks=None, num_workers=None,
-             seed=None, eval_bs=None, device=None, train_only=False, path='.') -> ReIDDataLoaders:
-    "Build `ReIDDataLoaders` (P×K train, ordered query/gallery evaluation) from a canonical frame."
+             seed=None, eval_bs=None, device=None, train_only=False, path='.', item_tfms=None, batch_tfms=None) -> ReIDDataLoaders:
+    """Build `ReIDDataLoaders` (P×K train, ordered query/gallery evaluation) from a canonical frame.
+    `item_tfms`/`batch_tfms` are fastai transforms added to every loader (random ones, `split_idx=0`, run on train only)."""
     cols = set(df.columns)
     video = 'paths' in cols
     need = {'paths' if video else 'path', 'pid', 'camid', 'split'}
@@ -374,6 +411,7 @@ def reid_dls(df, size=(256, 128), P=16, K=4, seq_len=None, sample_stride=1, mask
     if video and seq_len is None: seq_len = 4
     if not video and seq_len is not None: raise ReIDInputError(f"seq_len={seq_len} given but df has no 'paths' column (image rows)")
     size = tuple(size)
+    batch_tfms = _check_batch_tfms(batch_tfms, video)
     if num_workers is None: num_workers = min(4, defaults.cpus)
     tr = df[df.split == 'train'].reset_index(drop=True)
     q, g = (df[df.split == s].reset_index(drop=True) for s in ('query', 'gallery'))
@@ -396,13 +434,14 @@ def reid_dls(df, size=(256, 128), P=16, K=4, seq_len=None, sample_stride=1, mask
         if short: warnings.warn(f"{short} of {len(tr)} train tracklets are shorter than the clip window "
                                 f"({seq_len} frames, stride {sample_stride}): their clips use sorted random frames "
                                 "(with repetition when shorter than seq_len)")
-    train_ds = ReIDItems(tr, size, labels=labels, masks=pm, seq_len=seq_len, sample_stride=sample_stride)
+    train_ds = ReIDItems(tr, size, labels=labels, masks=pm, seq_len=seq_len, sample_stride=sample_stride, item_tfms=item_tfms)
     train = PKDataLoader(train_ds, P=P, K=K, seed=seed, vocab=vocab, num_workers=num_workers,
-                         after_batch=_tfms(True, seed))
+                         after_batch=_tfms(True, seed, batch_tfms))
     eval_bs = eval_bs or (max(1, 2*P*K//seq_len) if video else 2*P*K)
     def edl(d, isq, offset=0):
-        ds = ReIDItems(d, size, seq_len=seq_len, is_query=isq, offset=offset)
-        return ReIDEvalDL(ds, bs=eval_bs, shuffle=False, drop_last=False, num_workers=num_workers, after_batch=_tfms(False, None))
+        ds = ReIDItems(d, size, seq_len=seq_len, is_query=isq, offset=offset, item_tfms=item_tfms)
+        return ReIDEvalDL(ds, bs=eval_bs, shuffle=False, drop_last=False, num_workers=num_workers,
+                          after_batch=_tfms(False, None, batch_tfms))
     valid = query = gallery = None
     if not train_only:
         qg = pd.concat([q, g], ignore_index=True)
@@ -410,4 +449,93 @@ def reid_dls(df, size=(256, 128), P=16, K=4, seq_len=None, sample_stride=1, mask
         query, gallery = edl(q, np.ones(len(q), bool)), edl(g, np.zeros(len(g), bool))
     return ReIDDataLoaders(train, valid, query, gallery, path=path, device=device,
         n_classes=len(vocab), vocab=vocab, pid2label=pid2label, seq_len=seq_len if video else None,
-        train_df=tr, query_df=q, gallery_df=g, img_size=size, P=P, K=K, masks=pm)
+        train_df=tr, query_df=q, gallery_df=g, img_size=size, P=P, K=K, masks=pm, item_tfms=item_tfms, batch_tfms=batch_tfms)
+
+# %% ../nbs/03_data.ipynb #aa56fb38
+def _check_batch_tfms(batch_tfms, video):
+    from fastcore.foundation import L
+    batch_tfms = list(L(batch_tfms)) if batch_tfms is not None else []
+    if video and batch_tfms:
+        raise ReIDInputError("batch_tfms (e.g. aug_transforms()) work on image batches [B, 3, H, W], not clips [B, T, 3, H, W]; "
+                             "for tracklets pass fastai item_tfms (reid_dls(item_tfms=...)): they transform all the frames "
+                             "of a clip (and their masks) with one random draw")
+    return batch_tfms
+
+def _to_uint8_image(o, size):
+    "A test item (path, PIL image, uint8 [H, W, 3] array, [3, H, W] tensor) -> uint8 `TensorImage` [3, H, W] of `size`."
+    if isinstance(o, (str, Path)): return TensorImage(_img2tensor(load_reid_image(o, size)))
+    if isinstance(o, torch.Tensor):
+        if o.ndim != 3 or o.shape[0] != 3:
+            raise ReIDInputError(f"a tensor item must be [3, H, W], got {tuple(o.shape)}")
+        if o.is_floating_point():
+            if o.min() < 0 or o.max() > 1: raise ReIDInputError("a float tensor item must hold values in [0, 1]")
+            o = (o*255).round()
+        o = o.to(torch.uint8).permute(1, 2, 0).numpy()
+    if isinstance(o, np.ndarray):
+        if o.ndim != 3 or o.shape[-1] != 3 or o.dtype != np.uint8:
+            raise ReIDInputError(f"an array item must be uint8 [H, W, 3], got {o.dtype} {o.shape}")
+        o = Image.fromarray(o)
+    if not isinstance(o, Image.Image):
+        raise ReIDInputError(f"cannot load a test item of type {type(o).__name__}: pass paths, PIL images, uint8 [H, W, 3] "
+                             "arrays or [3, H, W] tensors (tracklets: lists of those)")
+    o = o.convert('RGB')
+    if o.size != (size[1], size[0]): o = o.resize((size[1], size[0]), Image.BICUBIC)
+    return TensorImage(_img2tensor(o))
+
+class ReIDTestItems:
+    "Inference samples `(x,)`: one per image, or one per clip of `seq_len` frames of each tracklet (`owner` = its tracklet)."
+    n_inp, split_idx = 1, 1
+    def __init__(self, items, size=(256, 128), seq_len=None, item_tfms=None):
+        if isinstance(items, pd.DataFrame):
+            col = 'paths' if 'paths' in items.columns else 'path'
+            if col not in items.columns: raise ReIDInputError("a test frame needs a 'path' (images) or 'paths' (tracklets) column")
+            items = list(items[col])
+        self.items, self.size, self.seq_len = list(items), tuple(size), seq_len
+        self.item_tfms = _item_pipeline(item_tfms, 1)
+        if not self.items: raise ReIDInputError("test_dl got no items")
+        if seq_len is None:
+            bad = [i for i, o in enumerate(self.items) if isinstance(o, (list, tuple))]
+            if bad: raise ReIDInputError(f"item {bad[0]} is a list of frames, but these dls are for images (build tracklet dls "
+                                         "from a frame with a 'paths' column)")
+            self.specs, self.owner = None, np.arange(len(self.items))
+        else:
+            tracks = [list(o) if isinstance(o, (list, tuple)) else [o]*seq_len for o in self.items]   # an image: a still clip
+            for i, t in enumerate(tracks):
+                if not t: raise ReIDInputError(f"tracklet {i} has no frames")
+            self.items = tracks
+            self.specs = [(r, tuple(c)) for r, t in enumerate(tracks) for c in eval_clips(len(t), seq_len)]
+            self.owner = np.array([r for r, _ in self.specs])
+
+    def __len__(self): return len(self.specs) if self.specs is not None else len(self.items)
+    def __getitem__(self, i):
+        if self.specs is None: x = _to_uint8_image(self.items[i], self.size)
+        else:
+            r, fr = self.specs[i]
+            x = TensorClip(torch.stack([_to_uint8_image(self.items[r][f], self.size) for f in fr]))
+        if self.item_tfms is not None: x, _ = _apply_item_tfms(self.item_tfms, x)
+        return (x,)
+
+ReIDDataLoaders.n_inp = 1   # fastai reads `dls.n_inp`; also on data-free (exported) loaders
+
+@patch(as_prop=True)
+def c(self:ReIDDataLoaders):
+    "The number of train identities (fastai's `dls.c`)."
+    return self.n_classes
+
+@patch
+def test_dl(self:ReIDDataLoaders, test_items, rm_type_tfms=None, with_labels=False, bs=None, num_workers=0, **kwargs):
+    "A `ReIDEvalDL` over `test_items` (see `ReIDTestItems`) with the evaluation transforms; `dl.owner` maps samples to items."
+    if with_labels: raise ReIDInputError("test_dl(with_labels=True) is not supported: build dls with reid_dls(df) to evaluate with pids")
+    ds = ReIDTestItems(test_items, self.img_size, self.seq_len, self.__dict__.get('item_tfms'))
+    if bs is None: bs = max(1, 2*(self.P or 16)*(self.K or 4)//(self.seq_len or 1))
+    dl = ReIDEvalDL(ds, bs=bs, shuffle=False, drop_last=False, num_workers=num_workers,
+                    after_batch=_tfms(False, None, self.__dict__.get('batch_tfms')), device=self.device, **kwargs)
+    dl.owner = ds.owner
+    return dl
+
+@patch
+def __getitem__(self:ReIDDataLoaders, i):
+    "fastai's `dls[i]`; without query/gallery (`train_only=True`) `dls[1]` is an empty loader, so `fit` skips validation."
+    if i == 1 and len(self.loaders) < 2:
+        return ReIDEvalDL(ReIDTestItems([np.zeros((1, 1, 3), np.uint8)], self.img_size), bs=1, n=0, device=self.device)
+    return self.loaders[i]

@@ -5,7 +5,7 @@ into one canonical DataFrame."""
 
 # %% auto #0
 __all__ = ['MARKET_PAT', 'market_like_df', 'market1501_df', 'dukemtmc_df', 'cuhk03_df', 'msmt17_df', 'mars_df', 'dukev_df',
-           'ilidsvid_df', 'prid2011_df', 'folder_df', 'check_id_columns', 'csv_df']
+           'ilidsvid_df', 'prid2011_df', 'folder_df', 'check_id_columns', 'csv_df', 'combine_datasets']
 
 # %% ../nbs/02_datasets.ipynb #182fd17a
 from .core import *
@@ -309,3 +309,28 @@ def csv_df(csv, root=None, sep=';'):
     df = df[df.pid != -1].reset_index(drop=True)
     if video and 'n_frames' not in df: df['n_frames'] = df['paths'].map(len)
     return df
+
+# %% ../nbs/02_datasets.ipynb #3246d592
+def combine_datasets(dfs, sources=None, targets=None) -> pd.DataFrame:
+    "Concatenate canonical frames `{name: df}` with distinct pids/camids and a `dataset` column; train on `sources`, test on `targets`."
+    if not isinstance(dfs, dict) or not dfs: raise ReIDInputError("combine_datasets takes a non-empty dict {name: canonical frame}")
+    names = list(dfs)
+    for what, sel in (('sources', sources), ('targets', targets)):
+        bad = [n for n in (sel or []) if n not in dfs]
+        if bad: raise ReIDInputError(f"{what} {bad} are not among the datasets {names}")
+    kinds = {n: 'paths' in d.columns for n, d in dfs.items()}
+    if len(set(kinds.values())) > 1:
+        raise ReIDInputError(f"cannot combine image and tracklet frames: {[n for n, v in kinds.items() if v]} hold tracklets "
+                             f"('paths'), {[n for n, v in kinds.items() if not v]} images ('path')")
+    out, pid0, cam0 = [], 0, 0
+    for n, d in dfs.items():
+        need = {'paths' if kinds[n] else 'path', 'pid', 'camid', 'split'} - set(d.columns)
+        if need: raise ReIDInputError(f"dataset {n!r} lacks column(s) {sorted(need)}")
+        if 'dataset' in d.columns: raise ReIDInputError(f"dataset {n!r} already has a 'dataset' column (combined twice?)")
+        d = d.copy()
+        keep = ((d.split == 'train') & (sources is None or n in sources)) | ((d.split != 'train') & (targets is None or n in targets))
+        d['dataset'], d['dataset_pid'], d['dataset_camid'] = n, d.pid, d.camid
+        d['pid'], d['camid'] = d.pid + pid0, d.camid + cam0
+        pid0, cam0 = pid0 + int(d.dataset_pid.max()) + 1, cam0 + int(d.dataset_camid.max()) + 1
+        out.append(d[keep])
+    return pd.concat(out, ignore_index=True)

@@ -5,7 +5,7 @@ the authors' schedule."""
 
 # %% auto #0
 __all__ = ['LossTerms', 'DeviceSmoothLoss', 'SyncFreeRecorder', 'ConsoleTable', 'reid_splitter', 'TorchAdam', 'torch_adam',
-           'iaunet_learner']
+           'as_reid_dls', 'iaunet_learner']
 
 # %% ../nbs/10_learner.ipynb #aa529acf
 from .core import *
@@ -110,6 +110,31 @@ def torch_adam(params, lr=3.5e-4, mom=0.9, sqr_mom=0.999, eps=1e-8, wd=5e-4, **k
     "fastai `opt_func`: PyTorch's Adam (L2 `wd` on every parameter, betas `(mom, sqr_mom)`) in fastai's `OptimWrapper`."
     return OptimWrapper(params, opt=TorchAdam, lr=lr, betas=(mom, sqr_mom), eps=eps, weight_decay=wd, **kwargs)
 
+# %% ../nbs/10_learner.ipynb #6dd4731f
+import warnings
+from .interpret import ReIDLearner
+
+def as_reid_dls(dls):
+    "`dls` from `reid_dls` as is; fastai `DataLoaders` of (image or clip, category) given the attributes `iaunet_learner` reads."
+    if hasattr(dls, 'n_classes'): return dls
+    c = getattr(dls, 'c', None)
+    if not isinstance(c, int) or c < 1 or not hasattr(dls, 'train'):
+        raise ReIDInputError("iaunet_learner needs reid_dls(df) loaders, or fastai DataLoaders of (image or clip, category) "
+                             "such as DataBlock(blocks=(ImageReIDBlock(size), CategoryBlock), ...).dataloaders(...) "
+                             f"with dls.c = number of identities (got {type(dls).__name__} without `c`)")
+    x = dls.train.one_batch()[0]
+    if x.ndim not in (4, 5) or x.shape[-3] != 3:
+        raise ReIDInputError(f"the DataBlock's input must be images [B, 3, H, W] or clips [B, T, 3, H, W], got {tuple(x.shape)}")
+    vocab = list(getattr(dls, 'vocab', range(c)))
+    try: vocab = [int(v) for v in vocab]
+    except (TypeError, ValueError): raise ReIDInputError("the CategoryBlock's vocab must be integer pids (e.g. get_y=ColReader('pid'))") from None
+    warnings.warn("these DataLoaders have no P×K identity sampler (few positives per batch for the triplet loss) and no "
+                  "query/gallery split (no retrieval metrics); reid_dls(df) gives both")
+    dls.n_classes, dls.vocab, dls.img_size = c, vocab, tuple(x.shape[-2:])
+    dls.seq_len = x.shape[1] if x.ndim == 5 else None
+    dls.query = dls.gallery = None
+    return dls
+
 # %% ../nbs/10_learner.ipynb #3a8bf053
 @delegates(Learner.__init__)
 def iaunet_learner(dls, arch='resnet50', pretrained=True, video=None, iau_stages=(2, 3), last_stride=1,
@@ -118,8 +143,7 @@ def iaunet_learner(dls, arch='resnet50', pretrained=True, video=None, iau_stages
     """A fastai `Learner` with IAUnet/VideoIAUnet for `dls`, `ReIDLoss`, loss-term columns and retrieval metrics.
     `video` defaults to whether `dls` holds tracklets; `every`/`flip_tta` configure the `RetrievalEvaluator`;
     `gallery='all'` puts the queries into the gallery too (the MARS official protocol)."""
-    if not hasattr(dls, 'n_classes'):
-        raise ReIDInputError("`dls` must come from `reid_dls` (it needs n_classes, seq_len and query/gallery loaders)")
+    dls = as_reid_dls(dls)
     if video is None: video = dls.seq_len is not None
     if video and dls.seq_len is None: raise ReIDInputError("video=True needs tracklet dls (a frame with a 'paths' column)")
     mk = dict(pretrained=pretrained, iau_stages=iau_stages, last_stride=last_stride, pretrained_file=pretrained_file,
@@ -130,13 +154,13 @@ def iaunet_learner(dls, arch='resnet50', pretrained=True, video=None, iau_stages
     terms = LossTerms()
     cbs = L(terms, SyncFreeRecorder()) + L(cbs)
     if metrics is None:
-        if dls.valid is not None:
+        if getattr(dls, 'query', None) is not None:
             ev = RetrievalEvaluator(every=every, flip_tta=flip_tta, gallery=gallery)
             cbs, metrics = cbs + L(ev), L(ev.metrics)
         else: metrics = L()
     metrics = L(terms.metrics) + L(metrics)
-    learn = Learner(dls, model, loss_func=loss_func or ReIDLoss(), opt_func=opt_func, lr=lr, wd=wd,
-                    splitter=reid_splitter, metrics=metrics, cbs=cbs, **kwargs)
+    learn = ReIDLearner(dls, model, loss_func=loss_func or ReIDLoss(), opt_func=opt_func, lr=lr, wd=wd,
+                    splitter=kwargs.pop('splitter', reid_splitter), metrics=metrics, cbs=cbs, **kwargs)
     if pretrained: learn.freeze()
     return learn
 

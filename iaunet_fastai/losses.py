@@ -80,14 +80,16 @@ class PartMaskLoss(nn.Module):
 class ReIDLoss(nn.Module):
     "CE with label smoothing + batch-hard triplet on the post-BN feature + `mask_weight` × part-mask BCE."
     def __init__(self, ce_weight:float=1., triplet_weight:float=1., mask_weight:float=0.5, eps:float=0.1,
-                 margin:float=0.3, metric:str='cosine'):
+                 margin:float=0.3, metric:str='cosine', reduction:str='mean'):
         super().__init__()
+        self.reduction = reduction                                    # 'none': per-item losses (fastai `get_preds(with_loss=True)`)
         self.ce_weight, self.triplet_weight, self.mask_weight = ce_weight, triplet_weight, mask_weight
         self.ce_loss, self.triplet_loss = CrossEntropyLabelSmooth(eps), TripletLoss(margin, metric)
         self.mask_loss = PartMaskLoss()
         self.ce = self.triplet = self.mask = 0.
 
     def forward(self, pred, y, m=None, *rest):
+        if self.reduction == 'none': return self.item_losses(pred, y, m)
         if torch.is_tensor(pred):                                     # eval mode: embeddings, y = pid
             t = self.triplet_loss(pred, y)
             self.ce, self.triplet, self.mask = 0., t.item(), 0.
@@ -102,3 +104,29 @@ class ReIDLoss(nn.Module):
     def terms(self) -> dict:
         "The last call's unweighted terms."
         return dict(ce=self.ce, triplet=self.triplet, mask=self.mask)
+
+# %% ../nbs/07_losses.ipynb #7f72de48
+from fastcore.basics import patch
+
+@patch
+def item_losses(self:ReIDLoss, pred, y, m=None) -> torch.Tensor:
+    "Per-item losses `[B]` with the weights of `forward` (what `reduction='none'` returns): triplet, CE, mask terms per item."
+    feat = pred if torch.is_tensor(pred) else pred[1]
+    d = batch_distance(feat, self.triplet_loss.metric)
+    same = y[:, None] == y[None]
+    d_ap = d.masked_fill(~same, float('-inf')).amax(1)
+    d_an = d.masked_fill(same, float('inf')).amin(1)
+    tri = torch.where(torch.isfinite(d_an), F.relu(d_ap - d_an + self.triplet_loss.margin), torch.zeros_like(d_ap))
+    if torch.is_tensor(pred): return tri
+    logits, _, parts = pred
+    ce = F.cross_entropy(logits.float(), y, label_smoothing=self.ce_loss.eps, reduction='none')
+    out = self.ce_weight * ce + self.triplet_weight * tri
+    if torch.is_tensor(m) and m.ndim >= 3 and parts:
+        tgt, valid = self.mask_loss.targets(m, parts[0].shape[1])
+        per = []
+        for lg in parts:
+            t = F.interpolate(tgt, size=lg.shape[-2:], mode='bilinear', align_corners=False)
+            per.append(F.binary_cross_entropy_with_logits(lg.float(), t, reduction='none').mean((1, 2, 3)) * valid)
+        mk = torch.stack(per).mean(0).view(len(y), -1).mean(1)             # clips: mean over their frames
+        out = out + self.mask_weight * mk
+    return out

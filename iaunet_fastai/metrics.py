@@ -399,6 +399,9 @@ def plot_cmc(results, labels=None, max_rank=None, ax=None, figsize=(3.5, 2.6), d
 
 # %% ../nbs/08_metrics.ipynb #872bca51
 def _load_img(x):
+    if isinstance(x, (list, tuple)):                      # a tracklet (frame paths/images): show its middle frame
+        if not len(x): raise ReIDInputError("show_ranked: a tracklet with no frames")
+        return _load_img(x[len(x) // 2])
     if isinstance(x, (str, Path)):
         from PIL import Image
         return np.asarray(Image.open(x).convert('RGB'))
@@ -408,7 +411,8 @@ def _load_img(x):
 
 def show_ranked(queries, gallery, dist, q_pids=None, g_pids=None, q_camids=None, g_camids=None, k=10,
                 n_queries=None, figsize_per=(.8, 1.6), dpi=50, border=3):
-    "Grid: each query (blue) and its top-`k` gallery items by `dist` [Q,G] (green = true match, red = false); junk skipped."
+    """Grid: each query (blue) and its top-`k` gallery items by `dist` [Q,G] (green = true match, red = false); junk skipped.
+    Items are images (paths, arrays, tensors) or tracklets (lists of frames: the middle frame is shown)."""
     import matplotlib.pyplot as plt
     d = to_numpy(dist); Q = len(d) if n_queries is None else min(n_queries, len(d))
     fig, axs = plt.subplots(Q, k + 1, figsize=(figsize_per[0] * (k + 1), figsize_per[1] * Q), dpi=dpi, squeeze=False)
