@@ -82,8 +82,11 @@ def broadcast_object(obj, src:int=0):
 class ReIDDistributedDL(DistributedDL):
     """fastai's `DistributedDL` whose index broadcast works with any backend (gloo on the CPU, NCCL on GPUs) and any
     picklable indices (the `(row, frames)` clip specs of video P×K loaders). Without a process group the indices are
-    used as they are (e.g. to simulate a rank in a test; processes given the same seed draw the same ones)."""
-    def _broadcast(self, t, rank): return list(broadcast_object(list(t), rank))
+    used as they are (e.g. to simulate a rank in a test; processes given the same seed draw the same ones). Started by
+    a launcher with several processes, it joins the process group if nothing did yet (`init_distributed`)."""
+    def _broadcast(self, t, rank):
+        init_distributed()
+        return list(broadcast_object(list(t), rank))
 
 # %% ../nbs/10d_distributed.ipynb #95dc2c4a
 def _model_device(model):
