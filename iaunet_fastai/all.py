@@ -14,4 +14,5 @@ from .learner import *
 from .inference import *
 from .interpret import *
 from .commands import *
+from .distributed import *     # also patches Learner.distrib_ctx/to_distributed (fastai.distributed + gloo/CPU support)
 from fastai.learner import load_learner   # for learn.export() files (pickles: trusted files only)

@@ -78,7 +78,8 @@ class RetrievalEvaluator(Callback):
         if not self._pending: return self.results
         self._pending = False
         if not self._store: return self.results           # no eval batch seen (get_preds on train/test, summary): nothing to score
-        f, pid, cam, isq, item = (torch.cat(t) for t in zip(*self._store))
+        from iaunet_fastai.distributed import gather_eval_set   # under distributed evaluation: every process's rows
+        f, pid, cam, isq, item = gather_eval_set(self._store, getattr(getattr(self, 'learn', None), 'dl', None))
         self._store = []
         isq = isq.bool()
         key = item.long() * 2 + isq.long()                # items of the query and gallery sets may share numbers

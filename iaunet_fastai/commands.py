@@ -400,8 +400,8 @@ def _distrib(learn):
     "`learn.distrib_ctx()` when started by `accelerate launch` with several processes, else a no-op context."
     from fastai.torch_core import num_distrib
     if num_distrib() <= 1: return contextlib.nullcontext()
-    import fastai.distributed   # patches Learner.distrib_ctx (needs `accelerate`)
-    return learn.distrib_ctx()
+    from iaunet_fastai.distributed import reid_distrib_ctx   # fastai's distrib_ctx, gloo/CPU-capable, metrics gathered
+    return reid_distrib_ctx(learn)
 
 def final_metrics(learn) -> dict:
     "The retrieval results of the last evaluation of `learn` (runs `learn.validate()` if there is none yet)."

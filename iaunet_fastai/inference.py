@@ -91,7 +91,7 @@ def load_reid_model(fname, model=None):
 # %% ../nbs/10b_inference.ipynb #ec2711fc
 class FeatureExtractor:
     "Embed images or tracklets with a trained model (a `Learner`, a model, or a file from `save_reid_model`/`export`)."
-    def __init__(self, src, size=None, device=None, bs=64, flip_tta=False):
+    def __init__(self, src, size=None, device=None, bs=64, flip_tta=False, distributed=True):
         if isinstance(src, (str, Path)):
             p = Path(src)
             if p.suffix == '.pkl':
@@ -102,7 +102,7 @@ class FeatureExtractor:
         cfg = getattr(model, 'reid_config', None) or {}
         if size is None: size = cfg.get('img_size') or getattr(getattr(src, 'dls', None), 'img_size', None) or (256, 128)
         self.model, self.size, self.device = model, tuple(size), best_device(device)
-        self.bs, self.flip_tta = bs, flip_tta
+        self.bs, self.flip_tta, self.distributed = bs, flip_tta, distributed
         self.seq_len = getattr(model, 'seq_len', None) if isinstance(model, VideoIAUnet) else None
         self.mean = torch.tensor(imagenet_stats[0]).view(3, 1, 1)
         self.std = torch.tensor(imagenet_stats[1]).view(3, 1, 1)
@@ -179,7 +179,11 @@ class FeatureExtractor:
         return F.normalize(out / torch.bincount(owner, minlength=len(tracklets))[:, None], dim=1)
 
     def __call__(self, items) -> torch.Tensor:
-        "Embed `items`: tracklets if they are lists/tuples of frames, else images."
+        """Embed `items`: tracklets if they are lists/tuples of frames, else images. Started by `accelerate launch`/`torchrun`
+        with several processes (and `distributed`), each process embeds its share and all get the whole result in input
+        order (every process must make the call; `distributed=False` embeds everything in this process)."""
         items = list(items)
-        if items and isinstance(items[0], (list, tuple)): return self.tracklets(items)
-        return self.images(items)
+        embed = self.tracklets if items and isinstance(items[0], (list, tuple)) else self.images
+        if not self.distributed: return embed(items)
+        from iaunet_fastai.distributed import sharded_apply
+        return sharded_apply(embed, items)
