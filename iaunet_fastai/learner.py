@@ -44,8 +44,13 @@ class LossTerms(Callback):
             self.sums[t] = self.sums[t] + (v.detach() if torch.is_tensor(v) else v) * bs   # stays on the device
         self.count += bs
     def compute(self):
-        "`{'train_ce': mean, ...}` over the current training epoch (None before any batch)."
-        return {f'train_{t}': (float(v) / self.count if self.count else None) for t, v in self.sums.items()}
+        "`{'train_ce': mean, ...}` over the current training epoch (None before any batch); over all processes when distributed."
+        from iaunet_fastai.distributed import is_distributed, all_reduce_sum
+        sums, count = self.sums, self.count
+        if is_distributed():                                  # one all-reduce of [sums..., count] (every process calls it)
+            red = all_reduce_sum(torch.tensor([float(sums[t]) for t in self.terms] + [float(count)], dtype=torch.float64))
+            sums, count = dict(zip(self.terms, red[:-1].tolist())), red[-1].item()
+        return {f'train_{t}': (float(v) / count if count else None) for t, v in sums.items()}
 
 # %% ../nbs/10_learner.ipynb #d5f0a002
 class DeviceSmoothLoss(AvgSmoothLoss):
