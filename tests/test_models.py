@@ -216,6 +216,10 @@ def test_pretrained_file_and_checkpoint_mismatches(tmp_path):
     torch.save(ref.state_dict(), tmp_path/'r18.pth')
     m = IAUnet('resnet18', num_classes=3, pretrained_file=tmp_path/'r18.pth')
     torch.testing.assert_close(m.backbone.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
+    # a pretrained tag (the paper recipe names `resnet50.tv_in1k`) loads a local file offline the same way
+    mt = IAUnet('resnet18.tv_in1k', num_classes=3, pretrained_file=tmp_path/'r18.pth')
+    torch.testing.assert_close(mt.backbone.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
+    assert mt.config['arch'] == 'resnet18.tv_in1k'
     torch.save(timm.create_model('resnet34', pretrained=False).state_dict(), tmp_path/'r34.pth')
     with pytest.raises(ReIDInputError, match="r34.pth.*resnet18"): IAUnet('resnet18', num_classes=3, pretrained_file=tmp_path/'r34.pth')
     with pytest.raises(ReIDInputError, match='nope.pth'): IAUnet('resnet18', num_classes=3, pretrained_file=tmp_path/'nope.pth')
