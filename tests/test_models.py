@@ -80,8 +80,10 @@ def test_resnet50_shapes_at_256x128():
     with torch.no_grad(): e = m(x)
     assert e.shape == (2, 2048)
     torch.testing.assert_close(e.norm(dim=1), torch.ones(2))
-    assert m.bnneck.bias.requires_grad is False
-    assert m.classifier.bias is None
+    assert m.bnneck.bias.requires_grad is True           # the authors' neck: trainable BN bias, classifier bias
+    assert m.classifier.bias is not None
+    bot = IAUnet('resnet50', num_classes=751, pretrained=False, neck='bnneck', iau_stages=())
+    assert bot.bnneck.bias.requires_grad is False and bot.classifier.bias is None
 
 def test_video_shapes_and_loss():
     torch.manual_seed(0)
@@ -168,9 +170,21 @@ def test_timm_families(arch):
     loss.backward()
     assert torch.isfinite(loss)
     bb, new = m.param_groups()
-    assert len(bb) + len(new) == len(list(m.parameters())) - 1          # all but the frozen BNNeck bias
-    assert all(p is not m.bnneck.bias for p in bb + new)
+    assert len(bb) + len(new) == len(list(m.parameters()))              # the authors' neck: every parameter trains
     assert {id(p) for p in m.iau.parameters()} <= {id(p) for p in new}
+    assert {id(m.bnneck.bias), id(m.classifier.bias)} <= {id(p) for p in new}
+
+def test_bnneck_option_param_groups():
+    m = IAUnet('resnet18', num_classes=4, pretrained=False, neck='bnneck')
+    bb, new = m.param_groups()
+    assert len(bb) + len(new) == len(list(m.parameters())) - 1          # all but BoT's frozen BN bias
+    assert all(p is not m.bnneck.bias for p in bb + new)
+
+@pytest.mark.parametrize('arch', ['vit_tiny_patch16_224', 'swin_tiny_patch4_window7_224', 'deit_tiny_patch16_224'])
+def test_transformer_backbones_fail_clearly(arch):
+    "Non-CNN (features_only-incapable or NHWC) timm backbones: the library's ReIDInputError, not timm's AssertionError."
+    with pytest.raises(ReIDInputError, match='not a hierarchical CNN'):
+        IAUnet(arch, num_classes=3, pretrained=False)
 
 # ---------------------------------------------------------------- export
 @pytest.mark.parametrize('video', [False, True])
@@ -202,6 +216,10 @@ def test_pretrained_file_and_checkpoint_mismatches(tmp_path):
     torch.save(ref.state_dict(), tmp_path/'r18.pth')
     m = IAUnet('resnet18', num_classes=3, pretrained_file=tmp_path/'r18.pth')
     torch.testing.assert_close(m.backbone.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
+    # a pretrained tag (the paper recipe names `resnet50.tv_in1k`) loads a local file offline the same way
+    mt = IAUnet('resnet18.tv_in1k', num_classes=3, pretrained_file=tmp_path/'r18.pth')
+    torch.testing.assert_close(mt.backbone.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
+    assert mt.config['arch'] == 'resnet18.tv_in1k'
     torch.save(timm.create_model('resnet34', pretrained=False).state_dict(), tmp_path/'r34.pth')
     with pytest.raises(ReIDInputError, match="r34.pth.*resnet18"): IAUnet('resnet18', num_classes=3, pretrained_file=tmp_path/'r34.pth')
     with pytest.raises(ReIDInputError, match='nope.pth'): IAUnet('resnet18', num_classes=3, pretrained_file=tmp_path/'nope.pth')
@@ -220,3 +238,49 @@ def test_bad_arguments():
     m = IAUnet('resnet18', num_classes=3, pretrained=False, iau_stages=())
     with pytest.raises(ReIDInputError, match=r'\[B, 3, H, W\]'): m(torch.randn(2, 3, 2, 64, 32))
     with pytest.raises(ReIDInputError, match='num_classes=3'): ReIDLoss()(m(torch.randn(4, 3, 64, 32)), torch.tensor([0, 1, 2, 3]))
+
+# ---------------------------------------------------------------- model files keep every option (issue 11, row 7)
+_OPTIONS = [(dict(), False), (dict(part_norm='area'), False), (dict(neck='bnneck'), False), (dict(last_stride=2), False),
+            (dict(iau_stages=(3,)), False), (dict(iau_stages=()), False), (dict(parts=3), False),
+            (dict(arch='regnetx_002'), False), (dict(drop_rate=0.1), False),
+            (dict(), True), (dict(per_frame=False, seq_len=2, part_norm='area', neck='bnneck'), True)]
+
+@pytest.mark.parametrize('opts,video', _OPTIONS,
+                         ids=lambda o: (','.join(f'{k}={v}' for k, v in o.items()) or 'defaults') if isinstance(o, dict) else
+                         ('video' if o else 'image'))
+def test_model_file_round_trip_keeps_every_option(opts, video, tmp_path):
+    "Every constructor option travels in the weights-only file and comes back identical (same config, same embeddings)."
+    from iaunet_fastai.inference import save_reid_model, load_reid_model
+    torch.manual_seed(0)
+    kw = dict(opts); arch = kw.pop('arch', 'resnet18')
+    if video: m = _wake(VideoIAUnet(arch, 4, **{'seq_len': 3, **kw}, pretrained=False))
+    else: m = _wake(IAUnet(arch, 4, pretrained=False, **kw))
+    m.eval()
+    save_reid_model(m, tmp_path/'m.pth')
+    back = load_reid_model(tmp_path/'m.pth')
+    assert type(back) is type(m) and back.config == m.config
+    x = torch.randn(2, 3, 3, 64, 32) if video else torch.randn(2, 3, 64, 32)
+    with torch.no_grad(): assert torch.equal(back(x), m(x))
+    load_reid_model(tmp_path/'m.pth', model=type(m)(**{k: v for k, v in m.config.items() if k not in ('cls', 'timm_kwargs')},
+                                                    **m.config['timm_kwargs'], pretrained=False))
+    if opts:                       # the same file does not load silently into a model with the defaults
+        with pytest.raises(ReIDInputError, match='does not fit'):
+            load_reid_model(tmp_path/'m.pth', model=type(m)(arch='resnet18', num_classes=4, pretrained=False))
+
+@pytest.mark.parametrize('video', [False, True])
+def test_old_model_file_rebuilds_what_it_was_trained_with(video, tmp_path):
+    "A file from before issue 11 (no part_norm/neck/last_stride/per_frame in its config) computes its old function."
+    from iaunet_fastai.inference import save_reid_model, load_reid_model
+    torch.manual_seed(0)
+    old_kw = dict(part_norm='area', neck='bnneck')
+    m = (_wake(VideoIAUnet('resnet18', 4, seq_len=2, per_frame=False, pretrained=False, **old_kw)) if video
+         else _wake(IAUnet('resnet18', 4, pretrained=False, **old_kw))).eval()
+    save_reid_model(m, tmp_path/'m.pth')
+    f = torch.load(tmp_path/'m.pth', weights_only=True)
+    f['reid_config'] = {k: f['reid_config'][k] for k in ('cls', 'arch', 'num_classes', 'iau_stages', 'parts', 'seq_len')}
+    torch.save(f, tmp_path/'old.pth')
+    with pytest.warns(UserWarning, match="older iaunet_fastai.*part_norm='area'"):
+        back = load_reid_model(tmp_path/'old.pth')
+    assert back.config == m.config
+    x = torch.randn(2, 2, 3, 64, 32) if video else torch.randn(2, 3, 64, 32)
+    with torch.no_grad(): assert torch.equal(back(x), m(x))
