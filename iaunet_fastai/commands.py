@@ -38,6 +38,7 @@ _LAYOUTS = [('market1501', ('bounding_box_train', 'query', 'bounding_box_test'))
 def detect_dataset(root) -> str:
     "The name (a key of `DATASETS`) of the dataset layout found at `root`; `ReIDInputError` naming the folder when none fits."
     from iaunet_fastai.synthetic import _MANIFEST
+    if Path(root).suffix.lower() == '.csv' and Path(root).is_file(): return 'csv'
     root = check_dir(root, '--root')
     if (root/_MANIFEST).is_file():
         raise ReIDInputError(f"--root '{root}' holds the synthetic world: pass --dataset synthetic, or one of its layouts, "
@@ -360,6 +361,7 @@ def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, l
                 seq_len=seq_len, masks=str(Path(masks).resolve()) if masks else None, every=every, mars_protocol=mars_protocol,
                 precision=precision, workers=workers, seed=seed, no_check=no_check, out=str(out))
     out.mkdir(parents=True, exist_ok=True)
+    if not resume: (out/'history.csv').unlink(missing_ok=True)   # --overwrite: a fresh history (appended to by every fit)
     if not resume:
         with atomic_path(out/'config.json') as tmp:
             tmp.write_text(json.dumps(dict(command='iaunet train', options=opts, created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())), indent=1))
@@ -374,7 +376,7 @@ def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, l
     if start >= epochs: print(f"the run in '{out}' finished all {epochs} epochs; writing its results")
     elif start: print(f"resuming '{out}' at epoch {start} of {epochs}")
     stop = StopOnSignal()
-    cbs = [TrainCheckpoint(out/'checkpoint.pth', start), RunCSVLogger(out/'history.csv', append=resume, start_epoch=start), stop]
+    cbs = [TrainCheckpoint(out/'checkpoint.pth', start), RunCSVLogger(out/'history.csv', append=True, start_epoch=start), stop]
     try:
         import tensorboard  # optional extra
         from fastai.callback.tensorboard import TensorBoardCallback

@@ -28,7 +28,7 @@ def _as_tensor(x, name, dtype=None):
         if a.dtype.kind in 'OUSV':   # strings / objects: torch would fail with a raw TypeError
             raise ReIDInputError(f"`{name}` must hold numbers, got {a.dtype} values (e.g. {(a.ravel()[0] if a.size else '')!r}); "
                                  "map identities and cameras to integers first")
-        if not a.flags.writeable: a = a.copy()        # pandas 3 `.values` are read-only; torch warns on those
+        if not a.flags.writeable or any(st < 0 for st in a.strides): a = a.copy()   # read-only (pandas 3 `.values`) or reversed views
         x = torch.as_tensor(a)
     t = x
     t = t.detach()

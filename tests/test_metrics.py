@@ -192,7 +192,9 @@ def test_re_ranking_matches_dense_reference(metric, k1, k2):
 
 def test_re_ranking_bad_input():
     with pytest.raises(ReIDInputError, match='qf'): re_ranking(np.full((2, 4), np.nan), np.ones((30, 4)))
-    with pytest.raises(ReIDInputError, match='k1'): re_ranking(np.ones((2, 4)), np.ones((3, 4)), k1=20)
+    with pytest.warns(UserWarning, match='using k1=4'): d = re_ranking(np.eye(2, 4), np.eye(3, 4)[::-1].copy(), k1=20)  # small set: k1 shrinks
+    assert d.shape == (2, 3) and np.isfinite(d).all()
+    with pytest.raises(ReIDInputError, match='k1'): re_ranking(np.ones((2, 4)), np.ones((3, 4)), k1=0)
 
 
 def test_larger_uniform_block_with_padding_and_near_zero_positives():

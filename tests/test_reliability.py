@@ -337,3 +337,13 @@ def test_extract_checks_out_first_and_does_tracklets(run, world, tmp_path, capsy
     z = np.load(tmp_path/'t.npz'); assert z['features'].shape[0] == 2 and ';' in str(z['names'][0])
     assert cli_main(['extract', str(run/'model.pth'), str(world/'MARS'), '--dataset', 'mars', '--out', str(tmp_path/'m.npz')]) == 0
     z = np.load(tmp_path/'m.npz'); assert len(z['features']) == len(z['pids']) == len(mars_df(world/'MARS'))
+
+
+def test_bad_image_in_a_loader_worker_is_one_line(market, tmp_path, capsys):
+    "With the pre-flight check off, a file that breaks inside a DataLoader worker process is still one line naming it."
+    bad = tmp_path/'m'; shutil.copytree(market, bad)
+    for f in (bad/'bounding_box_train').glob('*.jpg'): f.write_bytes(b'not a jpeg at all')   # whichever is drawn first
+    assert cli_main(['train', '--dataset', 'market1501', '--root', str(bad), '--out', str(tmp_path/'o'), '--arch', 'resnet18',
+                     '--size', '64,32', '--pk', '4x4', '--workers', '1', '--epochs', '1', '--no-check']) == 1
+    err = capsys.readouterr().err
+    assert 'bounding_box_train' in err and '.jpg' in err and 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
