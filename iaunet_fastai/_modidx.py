@@ -609,6 +609,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'iaunet_fastai.schp._conv': ('schp.html#_conv', 'iaunet_fastai/schp.py'),
                                     'iaunet_fastai.schp._conv_abn': ('schp.html#_conv_abn', 'iaunet_fastai/schp.py'),
                                     'iaunet_fastai.schp._read_bgr': ('schp.html#_read_bgr', 'iaunet_fastai/schp.py'),
+                                    'iaunet_fastai.schp._taps_on': ('schp.html#_taps_on', 'iaunet_fastai/schp.py'),
                                     'iaunet_fastai.schp._up': ('schp.html#_up', 'iaunet_fastai/schp.py'),
                                     'iaunet_fastai.schp.class_lut': ('schp.html#class_lut', 'iaunet_fastai/schp.py'),
                                     'iaunet_fastai.schp.cv2_linear_taps': ('schp.html#cv2_linear_taps', 'iaunet_fastai/schp.py'),

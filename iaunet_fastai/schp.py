@@ -245,7 +245,7 @@ def schp_normalize(batch) -> torch.Tensor:
     mean, std = (torch.tensor(v, dtype=torch.float32, device=x.device)[:, None, None] for v in (SCHP_MEAN, SCHP_STD))
     return x.sub(mean).div(std)
 
-# %% ../nbs/04b_schp.ipynb #79c8ccae
+# %% ../nbs/04b_schp.ipynb #ca8f12e4
 @functools.lru_cache(maxsize=64)
 def cv2_linear_taps(M:tuple, out_h:int, out_w:int):
     "`cv2.warpAffine(src, M, (out_w, out_h), INTER_LINEAR)`'s source taps: (x0, y0) int64 and (fx, fy) float32, each [out_h, out_w]."
@@ -261,10 +261,14 @@ def cv2_linear_taps(M:tuple, out_h:int, out_w:int):
     X, Y = (x0[:, None] + adelta[None]) >> 5, (y0[:, None] + bdelta[None]) >> 5
     return X >> 5, Y >> 5, ((X & 31) / 32).astype(np.float32), ((Y & 31) / 32).astype(np.float32)
 
+@functools.lru_cache(maxsize=16)
+def _taps_on(M:tuple, h:int, w:int, device:str):
+    return tuple(torch.from_numpy(a).to(device) for a in cv2_linear_taps(M, h, w))
+
 def warp_logits_back(logits, M, size) -> torch.Tensor:
     "Warp logits [C, S0, S1] (on any device) with the 2×3 map `M` to `size` = (h, w) as `cv2.warpAffine` (bilinear, border 0)."
     C, S0, S1 = logits.shape; h, w = size
-    x0, y0, fx, fy = (torch.from_numpy(a).to(logits.device) for a in cv2_linear_taps(tuple(np.asarray(M).ravel().tolist()), h, w))
+    x0, y0, fx, fy = _taps_on(tuple(np.asarray(M).ravel().tolist()), h, w, str(logits.device))
     flat, out = logits.reshape(C, -1), None
     for dy, dx, wt in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
         yy, xx = y0 + dy, x0 + dx
@@ -273,7 +277,7 @@ def warp_logits_back(logits, M, size) -> torch.Tensor:
         out = v if out is None else out + v
     return out
 
-# %% ../nbs/04b_schp.ipynb #63389430
+# %% ../nbs/04b_schp.ipynb #0e917b9e
 def schp_parse_images(model, images, input_size=(473, 473), precision:str='fp32', batch_size:int=8) -> list:
     "Class-id maps (uint8 [h, w] each) of uint8 BGR images [h, w, 3] (sizes may differ) with SCHP's inference."
     if precision not in ('fp32', 'bf16'): raise ReIDInputError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -287,9 +291,9 @@ def schp_parse_images(model, images, input_size=(473, 473), precision:str='fp32'
             logits = model(x, fusion_only=True)
         with torch.no_grad():
             logits = _up(logits.float(), tuple(input_size))
-            for im, (_, c, s), lg in zip(imgs, warped, logits):
-                lab = warp_logits_back(lg, schp_affine(c, s, input_size, inverse=True), im.shape[:2]).argmax(0)
-                res.append(lab.to(torch.uint8).cpu().numpy())
+            labs = [warp_logits_back(lg, schp_affine(c, s, input_size, inverse=True), im.shape[:2]).argmax(0).to(torch.uint8)
+                    for im, (_, c, s), lg in zip(imgs, warped, logits)]
+        res += [lab.cpu().numpy() for lab in labs]   # one wait for the device per batch, not per image
     return res
 
 # %% ../nbs/04b_schp.ipynb #d0d5ff3a
