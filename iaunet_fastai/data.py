@@ -533,6 +533,14 @@ def test_dl(self:ReIDDataLoaders, test_items, rm_type_tfms=None, with_labels=Fal
     dl.owner = ds.owner
     return dl
 
+class _NoVocabError(ReIDInputError, AttributeError): pass
+
+def _no_vocab(self):
+    "Evaluation and test samples have no classes (query/gallery identities are not the train classes)."
+    raise _NoVocabError("reID evaluation ranks a gallery, it has no classes: fastai's ClassificationInterpretation does not "
+                        "apply; use Interpretation.from_learner(learn) for top_losses, or learn.show_results()")
+ReIDItems.vocab = ReIDTestItems.vocab = property(_no_vocab)   # fastai looks `dl.vocab` up on the dataset
+
 @patch
 def __getitem__(self:ReIDDataLoaders, i):
     "fastai's `dls[i]`; without query/gallery (`train_only=True`) `dls[1]` is an empty loader, so `fit` skips validation."

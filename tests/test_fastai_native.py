@@ -267,3 +267,11 @@ def test_combine_datasets_and_evaluate_targets(world):
     # the two targets hold the same pictures: the same numbers, each from its own gallery only
     assert res['a']['mAP'] == pytest.approx(res['b']['mAP'], abs=1e-5) and 0 <= res['a']['rank1'] <= 1
     with pytest.raises(ReIDInputError, match='combine_datasets'): evaluate_targets(iaunet_learner(_dls(world, 'img'), 'resnet18', pretrained=False))
+
+
+def test_interpretation_top_losses_and_clear_classification_refusal(trained):
+    from fastai.interpret import Interpretation, ClassificationInterpretation
+    kind, learn, _, _ = trained
+    losses, idx = Interpretation.from_learner(learn).top_losses(3)
+    assert len(losses) == 3 and (losses[:-1] >= losses[1:]).all()
+    with pytest.raises(AttributeError, match='Interpretation.from_learner'): ClassificationInterpretation.from_learner(learn)
