@@ -37,7 +37,8 @@ def _items(df):
 
 def _worker(world, out):
     "One process of the 2-process run: results go to OUT/rank<r>.pt."
-    from iaunet_fastai.all import seed_everything, FeatureExtractor, ReIDDistributedDL, RetrievalEvaluator
+    from iaunet_fastai.all import (seed_everything, FeatureExtractor, ReIDDistributedDL, RetrievalEvaluator,
+                                   all_reduce_sum, all_reduce_mean, all_gather_cat)
     import torch.distributed as dist
     res = {}
     rank = int(os.environ['RANK'])
@@ -61,6 +62,8 @@ def _worker(world, out):
     paths, tracks = _items(df)
     fx = FeatureExtractor(learn.model, size=SIZE, bs=4, device='cpu')
     res['images'], res['tracklets'] = fx(paths), fx(tracks)
+    res['collectives'] = (all_reduce_sum(torch.tensor([rank + 1.])), all_reduce_mean(float(rank)), all_reduce_sum(rank + 1),
+                          all_gather_cat(torch.full((rank + 1, 2), rank)), all_gather_cat(torch.tensor([rank == 1])))
     res['distributed'] = (dist.is_initialized(), dist.get_world_size(), dist.get_backend())
     torch.save(res, Path(out)/f'rank{rank}.pt')
 
@@ -85,7 +88,11 @@ def run2(tmp_path_factory):
 
 def test_two_processes_ran_distributed(run2):
     ranks, _, _ = run2
-    for r in ranks: assert r['distributed'] == (True, 2, 'gloo')
+    for r in ranks:
+        assert r['distributed'] == (True, 2, 'gloo')
+        s, mean, isum, cat, flags = r['collectives']             # what LossTerms and the evaluator rely on
+        assert torch.equal(s, torch.tensor([3.])) and mean == 0.5 and isum == 3 and type(isum) is int
+        assert torch.equal(cat, torch.tensor([[0, 0], [1, 1], [1, 1]])) and torch.equal(flags, torch.tensor([False, True]))
 
 
 def test_gathered_metrics_equal_one_process(run2):
