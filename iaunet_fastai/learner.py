@@ -35,7 +35,7 @@ class LossTerms(Callback):
         self.terms = terms
         self.sums, self.count = {t: 0. for t in terms}, 0
         self.metrics = [ComputedMetric(self, f'train_{t}') for t in terms]
-    def before_train(self): self.sums, self.count = {t: 0. for t in self.terms}, 0
+    def before_train(self): self.sums, self.count, self._all = {t: 0. for t in self.terms}, 0, None
     def after_batch(self):
         if not self.training or len(self.yb) == 0: return
         bs = len(self.yb[0])
@@ -43,13 +43,15 @@ class LossTerms(Callback):
             v = getattr(self.learn.loss_func, t, 0.)
             self.sums[t] = self.sums[t] + (v.detach() if torch.is_tensor(v) else v) * bs   # stays on the device
         self.count += bs
-    def compute(self):
-        "`{'train_ce': mean, ...}` over the current training epoch (None before any batch); over all processes when distributed."
+    def after_train(self):
+        "Under distributed training, sum the epoch's terms over all processes (every process runs this event)."
         from iaunet_fastai.distributed import is_distributed, all_reduce_sum
-        sums, count = self.sums, self.count
-        if is_distributed():                                  # one all-reduce of [sums..., count] (every process calls it)
-            red = all_reduce_sum(torch.tensor([float(sums[t]) for t in self.terms] + [float(count)], dtype=torch.float64))
-            sums, count = dict(zip(self.terms, red[:-1].tolist())), red[-1].item()
+        if not is_distributed(): return
+        red = all_reduce_sum(torch.tensor([float(self.sums[t]) for t in self.terms] + [float(self.count)], dtype=torch.float64))
+        self._all = dict(zip(self.terms, red[:-1].tolist())), red[-1].item()
+    def compute(self):
+        "`{'train_ce': mean, ...}` over the current training epoch (None before any batch), over all processes when distributed."
+        sums, count = getattr(self, '_all', None) or (self.sums, self.count)
         return {f'train_{t}': (float(v) / count if count else None) for t, v in sums.items()}
 
 # %% ../nbs/10_learner.ipynb #d5f0a002
@@ -61,7 +63,7 @@ class DeviceSmoothLoss(AvgSmoothLoss):
         self.val = torch.lerp(l, self.val.to(l.device), self.beta)
 
 class SyncFreeRecorder(Callback):
-    "Swap `learn.recorder.smooth_loss` for `DeviceSmoothLoss` during training; recorded losses become floats after fit."
+    "Swap `learn.recorder.smooth_loss` for `DeviceSmoothLoss` during training; recorded losses move to the CPU after fit."
     order = Recorder.order - 1
     def before_fit(self):
         r = getattr(self.learn, 'recorder', None)
@@ -69,7 +71,7 @@ class SyncFreeRecorder(Callback):
         r.smooth_loss = DeviceSmoothLoss(beta=r.smooth_loss.beta)
     def after_fit(self):
         r = getattr(self.learn, 'recorder', None)
-        if r is not None: r.losses = L(float(l) if torch.is_tensor(l) else l for l in r.losses)
+        if r is not None: r.losses = L(l.cpu() if torch.is_tensor(l) else l for l in r.losses)   # as fastai keeps them
 
 # %% ../nbs/10_learner.ipynb #ab0e84f5
 class ConsoleTable(Callback):
@@ -144,10 +146,11 @@ def as_reid_dls(dls):
 @delegates(Learner.__init__)
 def iaunet_learner(dls, arch='resnet50', pretrained=True, video=None, iau_stages=(2, 3), last_stride=1,
                    loss_func=None, metrics=None, cbs=None, every=1, flip_tta=False, gallery='non_query', lr=3.5e-4, wd=5e-4,
-                   opt_func=torch_adam, pretrained_file=None, model_kwargs=None, **kwargs) -> Learner:
+                   opt_func=torch_adam, pretrained_file=None, model_kwargs=None, compile=False, **kwargs) -> Learner:
     """A fastai `Learner` with IAUnet/VideoIAUnet for `dls`, `ReIDLoss`, loss-term columns and retrieval metrics.
     `video` defaults to whether `dls` holds tracklets; `every`/`flip_tta` configure the `RetrievalEvaluator`;
-    `gallery='all'` puts the queries into the gallery too (the MARS official protocol)."""
+    `gallery='all'` puts the queries into the gallery too (the MARS official protocol). `compile=True` (or a dict of
+    `torch.compile` options) compiles the model in place (`nn.Module.compile`: state-dict keys and model files unchanged)."""
     dls = as_reid_dls(dls)
     if video is None: video = dls.seq_len is not None
     if video and dls.seq_len is None: raise ReIDInputError("video=True needs tracklet dls (a frame with a 'paths' column)")
@@ -156,6 +159,7 @@ def iaunet_learner(dls, arch='resnet50', pretrained=True, video=None, iau_stages
     model = (VideoIAUnet(arch, dls.n_classes, seq_len=dls.seq_len, **mk) if video
              else IAUnet(arch, dls.n_classes, **mk))
     model.reid_config = _model_config(model, dls)
+    if compile: model.compile(**(compile if isinstance(compile, dict) else {}))
     terms = LossTerms()
     cbs = L(terms, SyncFreeRecorder()) + L(cbs)
     if metrics is None:

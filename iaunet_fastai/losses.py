@@ -15,12 +15,16 @@ import torch.nn.functional as F
 class CrossEntropyLabelSmooth(nn.Module):
     "Cross-entropy with label smoothing: `logits [B, N]`, `y [B]` -> scalar."
     def __init__(self, eps:float=0.1):
-        super().__init__(); self.eps = eps
+        super().__init__(); self.eps, self._checked = eps, False
     def forward(self, logits, y):
+        if not self._checked or not y.is_cuda: self.check_labels(logits, y)     # on a GPU once: a check is a host sync
+        return F.cross_entropy(logits.float(), y, label_smoothing=self.eps)
+    def check_labels(self, logits, y):
+        "Clear error for labels outside `0..num_classes-1` (CUDA would only report a device-side assert)."
+        self._checked = True
         if y.min() < 0 or y.max() >= logits.shape[1]:
             raise ReIDInputError(f"labels must be in 0..{logits.shape[1]-1} (num_classes={logits.shape[1]}), "
                                  f"got range {int(y.min())}..{int(y.max())}")
-        return F.cross_entropy(logits.float(), y, label_smoothing=self.eps)
 
 # %% ../nbs/07_losses.ipynb #4a2da607
 def batch_distance(f, metric='cosine'):
@@ -45,9 +49,9 @@ class TripletLoss(nn.Module):
         same = y[:, None] == y[None]
         d_ap = d.masked_fill(~same, float('-inf')).amax(1)            # farthest positive (self at distance 0)
         d_an = d.masked_fill(same, float('inf')).amin(1)              # closest negative
-        ok = torch.isfinite(d_an)
-        if not ok.any(): return feat.float().sum() * 0.
-        return F.relu(d_ap[ok] - d_an[ok] + self.margin).mean()
+        ok = torch.isfinite(d_an)                                     # anchors with a negative in the batch
+        l = torch.where(ok, F.relu(d_ap - d_an + self.margin), torch.zeros_like(d_ap))
+        return l.sum() / ok.sum().clamp_min(1)                        # mean over those anchors, without a host sync
 
 # %% ../nbs/07_losses.ipynb #f6e26cc6
 class PartMaskLoss(nn.Module):
@@ -71,9 +75,9 @@ class PartMaskLoss(nn.Module):
         for lg in part_logits:
             if lg.shape[0] != tgt.shape[0]:
                 raise ReIDInputError(f"part mask target has {tgt.shape[0]} maps but the model predicted {lg.shape[0]}")
-            if not valid.any(): losses.append(lg.float().sum() * 0.); continue
-            t = F.interpolate(tgt[valid], size=lg.shape[-2:], mode='bilinear', align_corners=self.align_corners)
-            losses.append(F.binary_cross_entropy_with_logits(lg[valid].float(), t))
+            t = F.interpolate(tgt, size=lg.shape[-2:], mode='bilinear', align_corners=self.align_corners)
+            per = F.binary_cross_entropy_with_logits(lg.float(), t, reduction='none').mean((1, 2, 3))   # [B] per map
+            losses.append((per * valid).sum() / valid.sum().clamp_min(1))     # mean over maps with a target, no host sync
         return torch.stack(losses).mean()
 
 # %% ../nbs/07_losses.ipynb #a445abe7
@@ -92,17 +96,17 @@ class ReIDLoss(nn.Module):
         if self.reduction == 'none': return self.item_losses(pred, y, m)
         if torch.is_tensor(pred):                                     # eval mode: embeddings, y = pid
             t = self.triplet_loss(pred, y)
-            self.ce, self.triplet, self.mask = 0., t.item(), 0.
+            self.ce, self.triplet, self.mask = 0., t.detach(), 0.
             return t
         logits, feat, parts = pred
         ce, tri = self.ce_loss(logits, y), self.triplet_loss(feat, y)
         mask = self.mask_loss(parts, m) if (torch.is_tensor(m) and m.ndim >= 3 and parts) else logits.new_zeros(())
-        self.ce, self.triplet, self.mask = ce.item(), tri.item(), mask.item()
+        self.ce, self.triplet, self.mask = ce.detach(), tri.detach(), mask.detach()   # no .item(): no host sync
         return self.ce_weight * ce + self.triplet_weight * tri + self.mask_weight * mask
 
     @property
     def terms(self) -> dict:
-        "The last call's unweighted terms."
+        "The last call's unweighted terms (detached 0-d tensors on the loss's device)."
         return dict(ce=self.ce, triplet=self.triplet, mask=self.mask)
 
 # %% ../nbs/07_losses.ipynb #7f72de48
@@ -125,7 +129,7 @@ def item_losses(self:ReIDLoss, pred, y, m=None) -> torch.Tensor:
         tgt, valid = self.mask_loss.targets(m, parts[0].shape[1])
         per = []
         for lg in parts:
-            t = F.interpolate(tgt, size=lg.shape[-2:], mode='bilinear', align_corners=False)
+            t = F.interpolate(tgt, size=lg.shape[-2:], mode='bilinear', align_corners=self.mask_loss.align_corners)
             per.append(F.binary_cross_entropy_with_logits(lg.float(), t, reduction='none').mean((1, 2, 3)) * valid)
         mk = torch.stack(per).mean(0).view(len(y), -1).mean(1)             # clips: mean over their frames
         out = out + self.mask_weight * mk
