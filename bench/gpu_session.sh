@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One prepared GPU session (an offline machine with Python, torch, timm, accelerate but no fastai):
 #   ../shared/gpu/wheels.sh                 # here, once: fastai & co. wheels into .whl/
-#   bash bench/gpu_session.sh [OUT]         # there: results under OUT (default bench/results/gpu)
+#   bash bench/gpu_session.sh OUT [a|b|all] # there: results under OUT; part a (pace), part b (SCHP, accelerate, compile)
 # Runs, each under its own time limit so that one slow part cannot eat the session:
 #   bench_train.py (loader / bare step ± optimizer / fastai loop, baseline vs IAUnet, bf16 + channels_last),
 #   bench_iau_blocks.py (block time and bf16 error), bench_models.py --device cuda --amp, bench_schp.py --device cuda,
 #   an `accelerate launch --num_processes 1` smoke run of `iaunet train`, and (last) the loop with torch.compile.
 set -uo pipefail
 OUT=${1:-bench/results/gpu}
+PART=${2:-all}
 mkdir -p "$OUT"
 if ! python3 -c "import fastai" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
@@ -20,10 +21,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, timm, fastai; print('torch', torch.__version__, 'timm', timm.__version__, 'fastai', fastai.__version__)" | tee -a "$OUT/gpu.txt"
 W=$(( $(nproc) - 2 ))
 run() { local t=$1; shift; echo "== $*"; timeout "$t" "$@" 2>&1 | grep -v "USDT\|DeviceProperties" | tail -40; echo "== rc ${PIPESTATUS[0]}"; }
-run 240 python3 bench/bench_train.py --device cuda --amp --channels-last --workers "$W" --profile --out "$OUT/train-cuda.md"
-run 90  python3 bench/bench_iau_blocks.py --device cuda --out "$OUT/iau-blocks-cuda.md"
-run 60  python3 bench/bench_models.py --device cuda --amp --iters 10 --out "$OUT/models-cuda.md"
-[ -f bench/bench_schp.py ] && run 60 python3 bench/bench_schp.py --device cuda --out "$OUT/schp-cuda.md"
-[ -f bench/gpu_smoke_accelerate.sh ] && run 90 bash bench/gpu_smoke_accelerate.sh "$OUT/accelerate"
-run 150 python3 bench/bench_train.py --device cuda --amp --channels-last --workers "$W" --variants iaunet --compile --steps 30 --out "$OUT/train-cuda-compile.md"
+if [ "$PART" != b ]; then
+run 270 python3 bench/bench_train.py --device cuda --amp --channels-last --workers "$W" --profile --out "$OUT/train-cuda.md"
+run 120 python3 bench/bench_iau_blocks.py --device cuda --out "$OUT/iau-blocks-cuda.md"
+run 90  python3 bench/bench_models.py --device cuda --amp --iters 10 --out "$OUT/models-cuda.md"
+fi
+if [ "$PART" != a ]; then
+run 100 python3 bench/bench_schp.py --device cuda --n 256 --batch-size 32 --precision both --reps 5 --out "$OUT/schp-cuda.md"
+export PYTHON=python3 ACCELERATE=$(command -v accelerate); run 120 bash bench/gpu_smoke_accelerate.sh 1
+run 200 python3 bench/bench_train.py --device cuda --amp --channels-last --workers "$W" --variants iaunet --compile --steps 30 --out "$OUT/train-cuda-compile.md"
+fi
 ls -la "$OUT"
