@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from fastcore.basics import *
 from fasttransform import Transform
-from fastai.torch_core import TensorImage, TensorMask, TensorCategory, default_device, defaults, num_distrib
+from fastai.torch_core import TensorImage, TensorMask, TensorCategory, default_device, defaults, num_distrib, to_device
 from fastai.data.core import TfmdDL, DataLoaders
 from fastai.data.block import TransformBlock
 from fastai.data.transforms import IntToFloatTensor, Normalize
@@ -149,7 +149,7 @@ class ReIDAugment(Transform):
         x = b[0]; bs, (H, W) = x.shape[0], x.shape[-2:]
         flip = np.flatnonzero(self.rng.random(bs) < self.flip_p)
         if len(flip):
-            idx = torch.as_tensor(flip, device=x.device)
+            idx = torch.as_tensor(flip).to(x.device, non_blocking=True)      # no host wait for the GPU
             for i, t in enumerate(b):
                 if isinstance(t, (TensorImage, TensorMask)) and t.ndim >= 3 and t.shape[0] == bs:
                     t = t.clone(); t[idx] = t[idx].flip(-1); b[i] = t
@@ -157,7 +157,8 @@ class ReIDAugment(Transform):
         if erase.any():
             rows, cols = self.erase_boxes(erase, H, W)
             dev = b[0].device
-            box = torch.from_numpy(rows).to(dev)[:, :, None] & torch.from_numpy(cols).to(dev)[:, None, :]   # [B, H, W]
+            r, cl = (torch.from_numpy(a).to(dev, non_blocking=True) for a in (rows, cols))
+            box = r[:, :, None] & cl[:, None, :]                              # [B, H, W]
             b[0] = b[0].masked_fill(box.view(bs, *[1]*(b[0].ndim - 3), H, W), self.value)
         return tuple(b)
 
@@ -308,7 +309,22 @@ class _ShowMixin:
         plt.tight_layout()
         return fig
 
-class PKDataLoader(_ShowMixin, TfmdDL):
+class _AsyncToDevice:
+    """fastai's `DataLoader.__iter__` with a non-blocking copy of each batch to the device. fastai copies with
+    `non_blocking=False`, which makes the host wait for the GPU's queue at every batch; with `pin_memory` the copy
+    is also asynchronous (the default of `reid_dls` on CUDA)."""
+    def __iter__(self):
+        from fastai.data.load import _loaders
+        self.randomize(); self.before_iter()
+        self._DataLoader__idxs = self.get_idxs()              # fastai's private epoch indices (read by `sample`)
+        for b in _loaders[self.fake_l.num_workers == 0](self.fake_l):
+            if self.pin_memory and type(b) == list: b = tuple(b)
+            if self.device is not None: b = to_device(b, self.device, non_blocking=True)
+            yield self.after_batch(b)
+        self.after_iter()
+        if hasattr(self, 'it'): del self.it
+
+class PKDataLoader(_AsyncToDevice, _ShowMixin, TfmdDL):
     """Training loader: batches of P identities × K instances (drop_last), epochs drawn from `(seed, epoch)`.
     Under multi-process training (`accelerate launch`, `distrib_ctx`) the number of batches is cut to a multiple of
     `world_size` (default: the number of processes) so fastai's `DistributedDL`, which hands each process a contiguous
@@ -356,7 +372,7 @@ class PKDataLoader(_ShowMixin, TfmdDL):
     def title(self, b, i):
         l = int(b[1][i]); return f'pid {self.vocab[l]}' if self.vocab is not None else f'label {l}'
 
-class ReIDEvalDL(_ShowMixin, TfmdDL):
+class ReIDEvalDL(_AsyncToDevice, _ShowMixin, TfmdDL):
     "Ordered, un-augmented evaluation loader yielding `(x, pid, camid, is_query, item)`."
     def title(self, b, i): return f"{'q' if b[3][i] else 'g'} pid {int(b[1][i])} c{int(b[2][i])}"
 
@@ -435,12 +451,13 @@ def reid_dls(df, size=(256, 128), P=16, K=4, seq_len=None, sample_stride=1, mask
                                 f"({seq_len} frames, stride {sample_stride}): their clips use sorted random frames "
                                 "(with repetition when shorter than seq_len)")
     train_ds = ReIDItems(tr, size, labels=labels, masks=pm, seq_len=seq_len, sample_stride=sample_stride, item_tfms=item_tfms)
-    train = PKDataLoader(train_ds, P=P, K=K, seed=seed, vocab=vocab, num_workers=num_workers,
+    pin = torch.cuda.is_available() and (device is None or torch.device(device).type == 'cuda')   # async host->GPU copies
+    train = PKDataLoader(train_ds, P=P, K=K, seed=seed, vocab=vocab, num_workers=num_workers, pin_memory=pin,
                          after_batch=_tfms(True, seed, batch_tfms))
     eval_bs = eval_bs or (max(1, 2*P*K//seq_len) if video else 2*P*K)
     def edl(d, isq, offset=0):
         ds = ReIDItems(d, size, seq_len=seq_len, is_query=isq, offset=offset, item_tfms=item_tfms)
-        return ReIDEvalDL(ds, bs=eval_bs, shuffle=False, drop_last=False, num_workers=num_workers,
+        return ReIDEvalDL(ds, bs=eval_bs, shuffle=False, drop_last=False, num_workers=num_workers, pin_memory=pin,
                           after_batch=_tfms(False, None, batch_tfms))
     valid = query = gallery = None
     if not train_only:
