@@ -380,7 +380,7 @@ def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, l
     try:
         import tensorboard  # optional extra
         from fastai.callback.tensorboard import TensorBoardCallback
-        cbs.append(TensorBoardCallback(log_dir=out/'tensorboard', trace_model=False))
+        cbs.append(TensorBoardCallback(log_dir=out/'tensorboard', trace_model=False, log_preds=False))   # no classifier pictures
     except ImportError: pass
     try:
         with learn.no_bar(), _distrib(learn):
