@@ -105,7 +105,9 @@ def no_bar(self:ReIDLearner):
 
 # %% ../nbs/10_learner.ipynb #ab0e84f5
 class ConsoleTable(Callback):
-    "Print fastai's metric table as plain lines (header, then one row per epoch) instead of the raw log lists."
+    """Print fastai's metric table as plain lines (header, then one row per epoch) instead of the raw log lists
+    that a fit without progress bars (`learn.no_bar()`) prints. With fastai's `ProgressCallback`, whose table is
+    already plain lines in a terminal or a log (HTML in Jupyter), it stands aside unless it writes to its own `file`."""
     order = 70
     def __init__(self, file=None): self.file, self._old = file, None
     def _print(self, vals): print(''.join(f'{str(v):<14}' for v in vals).rstrip(), file=self.file, flush=True)
@@ -113,6 +115,7 @@ class ConsoleTable(Callback):
         self._print([log[0]] + [f'{v:.6f}' if isinstance(v, float) else v for v in log[1:]])
     def before_fit(self):
         if self.learn.logger is noop or getattr(self.learn, 'lr_finder', False): return   # validate(), lr_find()
+        if self.file is None and getattr(self.learn, 'progress', None) is not None: return  # fastai's table is on
         self._old, self.learn.logger = self.learn.logger, self._row
         self._print(self.recorder.metric_names)
     def after_fit(self):

@@ -201,14 +201,20 @@ def test_eval_model_exports_with_torch_export(video):
         torch.testing.assert_close(ep.module()(x), m(x), rtol=1e-4, atol=1e-5)
 
 def test_eval_model_exports_with_onnx():
-    ort = pytest.importorskip('onnxruntime'); pytest.importorskip('onnx')
+    "Runs with the `[onnx]` extra (onnx, onnxscript, onnxruntime), which `make test` installs."
+    ort = pytest.importorskip('onnxruntime'); pytest.importorskip('onnx'); pytest.importorskip('onnxscript')
+    torch.manual_seed(0)
     m = _wake(IAUnet('resnet18', num_classes=4, pretrained=False)).eval()
     x = torch.randn(2, 3, 64, 32)
     with tempfile.TemporaryDirectory() as d:
         f = str(Path(d)/'m.onnx')
         torch.onnx.export(m, (x,), f, input_names=['x'], output_names=['emb'])
-        got = ort.InferenceSession(f).run(None, {'x': x.numpy()})[0]
-    with torch.no_grad(): torch.testing.assert_close(torch.from_numpy(got), m(x), rtol=1e-4, atol=1e-5)
+        got = torch.from_numpy(ort.InferenceSession(f).run(None, {'x': x.numpy()})[0])
+    with torch.no_grad(): ref = m(x)
+    # onnxruntime fuses and reorders float32 ops (seen: 3e-4 off on 0.2-sized features): compare at the features'
+    # own scale, and as retrieval sees them (cosine)
+    torch.testing.assert_close(got, ref, rtol=1e-3, atol=2e-3 * ref.abs().max().item())
+    assert torch.nn.functional.cosine_similarity(got, ref).min() > 0.9999
 
 # ---------------------------------------------------------------- weights and bad input
 def test_pretrained_file_and_checkpoint_mismatches(tmp_path):
