@@ -46,14 +46,12 @@ def test_loss_and_loop_do_not_sync_per_batch():
     x, y = torch.randn(8, 3, 64, 32), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     msk = torch.randint(0, 5, (8, 64, 32))
     lf = ReIDLoss()
-    lf(m(x), y, msk)                                                       # first call checks the labels once
-    with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:
+    lf(m(x), y, msk)
+    # the label-range check is the loss's only host read; on a GPU it runs at the first batch only (CPU tensors:
+    # always), so it is switched off here to see that nothing else reads back
+    lf.ce_loss.check_labels = lambda logits, y: None
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
         loss = lf(m(x), y, msk); loss.backward()
-    def callers(e):
-        out, p = [], e.cpu_parent
-        while p is not None: out.append(p.name); p = p.cpu_parent
-        return ' '.join(out)
-    syncs = [callers(e) for e in prof.events() if e.name in ('aten::item', 'aten::nonzero')]
-    # the only host reads are the label-range check, which on a GPU runs at the first batch only (CPU tensors: always)
-    assert syncs and all('check_labels' in c for c in syncs), syncs
+    reads = [e.name for e in prof.events() if e.name in ('aten::item', 'aten::_local_scalar_dense', 'aten::nonzero', 'aten::is_nonzero')]
+    assert not reads, reads
     assert all(torch.is_tensor(v) for v in lf.terms.values())
