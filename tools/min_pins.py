@@ -10,7 +10,7 @@ def min_pins(extras=()):
     cfg = cfg['DEFAULT']
     pins = {}
     for req in ' '.join(cfg.get(k, '') for k in ['requirements'] + [f'{e}_requirements' for e in extras]).split():
-        m = re.fullmatch(r'([A-Za-z0-9_.\-]+)>=([0-9.]+)', req)
+        m = re.fullmatch(r'([A-Za-z0-9_.\-]+)>=([0-9.]+)(?:,<[0-9.]+)?', req)   # an upper cap only for a known break
         if m is None: sys.exit(f"settings.ini: {req!r} has no plain `>=` lower bound for test-min to pin")
         pins[m[1]] = m[2]
     return pins
