@@ -497,6 +497,8 @@ def _run_jobs(jobs, cams, H, W, seed, root, dsdir, workers):
         return
     with mp.get_context('fork').Pool(workers, _init_worker, args) as pool:
         for _ in pool.imap_unordered(_write_job, jobs, chunksize=32): pass
+        pool.close(); pool.join()   # let the workers exit before `__exit__`'s terminate(), which can race the pool's
+                                    # worker-replacing thread and leave a new worker blocked forever
 
 # %% ../nbs/01_synthetic.ipynb #dcad26e6
 _MANIFEST = 'synthetic_manifest.json'
