@@ -10,7 +10,7 @@ previous CIAU (`x.float()` copied to a contiguous [B, C, HW] fp32 tensor, fp32 m
 block output under bf16 autocast vs the same block run in fp32 (autocast off) and in fp64 from the same bf16 input,
 as max |Δ| / max |ref| and mean |Δ| / mean |ref|. Writes bench/results/iau-blocks-<device>.md.
 """
-import argparse, datetime, os, platform, sys, time
+import argparse, datetime, platform, sys, time
 from pathlib import Path
 import torch, torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -18,7 +18,7 @@ On the CPU (`num_workers=0`, nothing overlaps) the loop's own cost per batch is
 table of one training batch of the fastai loop (top ops by self time, host syncs). Writes
 bench/results/train-<device>.md (a section of BENCHMARKS.md, see bench/collect.py).
 """
-import argparse, datetime, os, platform, statistics, sys, time
+import argparse, datetime, os, platform, sys, time
 from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,7 +29,7 @@ from iaunet_fastai.synthetic import make_synthetic_reid
 from iaunet_fastai.datasets import market1501_df
 from iaunet_fastai.part_masks import precompute_part_masks
 from iaunet_fastai.data import reid_dls
-from iaunet_fastai.learner import iaunet_learner
+from iaunet_fastai.learner import iaunet_learner, TorchAdam
 from iaunet_fastai.losses import ReIDLoss
 
 def _pair(s, sep=','): return tuple(int(v) for v in str(s).replace('x', sep).split(sep))
@@ -105,8 +105,8 @@ def bare_ips(model, batches, steps, warmup, device, amp, opt=None):
     return steps * len(batches[0][0]) / (time.perf_counter() - t)
 
 def torch_adam(model, device):
-    kw = dict(fused=True) if device.type == 'cuda' else dict(foreach=True)
-    return torch.optim.Adam(model.parameters(), lr=3.5e-4, weight_decay=5e-4, **kw)
+    "The library's `TorchAdam` (fused on CUDA, foreach elsewhere), as the learner's default optimizer uses it."
+    return TorchAdam(model.parameters(), lr=3.5e-4, weight_decay=5e-4)
 
 def loop_ips(learn, steps, warmup, device):
     timer = LoopTimer(warmup, steps, device)

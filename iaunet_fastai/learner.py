@@ -13,7 +13,6 @@ import contextlib, time
 from pathlib import Path
 import numpy as np
 import torch
-import torch.nn.functional as F
 from fastcore.basics import *
 from fastcore.foundation import L
 from fastai.learner import noop   # the object `Learner.no_logging` installs
