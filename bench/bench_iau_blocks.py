@@ -5,8 +5,10 @@ against the fp32 and fp64 computations, on realistic activations (ResNet-50 stag
     .venv/bin/python bench/bench_iau_blocks.py --device cuda          # batch 64, 256x128 input: C=512@32x16, C=1024@16x8
     .venv/bin/python bench/bench_iau_blocks.py --batch 4              # CPU smoke run
 
-Rows: `IAUBlock` as the library computes it now (bf16 autocast, channels_last, fp32-output channel gram) and the
-previous CIAU (`x.float()` copied to a contiguous [B, C, HW] fp32 tensor, fp32 matmuls) for comparison. Errors: the
+Rows: `IAUBlock` as the library computes it now (bf16 autocast, channels_last, fp32-output channel gram), the same
+block compiled (`compile_iau_blocks`, `--compile`; its compile time is reported) and the previous CIAU (`x.float()`
+copied to a contiguous [B, C, HW] fp32 tensor, fp32 matmuls) for comparison. Kernels: what one forward + backward
+launches (CUDA: kernels and copies in the profiler; CPU: dispatched non-view ops of the eager blocks). Errors: the
 block output under bf16 autocast vs the same block run in fp32 (autocast off) and in fp64 from the same bf16 input,
 as max |Δ| / max |ref| and mean |Δ| / mean |ref|. Writes bench/results/iau-blocks-<device>.md.
 """
@@ -16,7 +18,8 @@ import torch, torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from iaunet_fastai.core import seed_everything
 from iaunet_fastai.layers import IAUBlock, CIAU, fp32_region, MATMUL_PRECISIONS
-from iaunet_fastai.models import IAUnet
+from iaunet_fastai.models import IAUnet, compile_iau_blocks
+from bench_loop import NO_KERNEL
 
 class PreviousCIAU(CIAU):
     "The CIAU of commit 0e5f684: casts the map to a contiguous fp32 [B, C, HW] copy and multiplies in fp32."
@@ -72,19 +75,44 @@ def time_block(b, x, device, iters):
     sync(device)
     return (time.perf_counter() - t) / iters * 1000
 
+def kernels(b, x, device):
+    "Kernels (CUDA, from the profiler) or non-view ops (CPU, eager only) of one forward + backward; None if unknown."
+    x = x.detach().requires_grad_()
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out, lg = b(x)
+        (out.float().square().mean() + lg.float().mean()).backward()
+    step(); sync(device)
+    if device.type == 'cuda':
+        from torch.profiler import profile, ProfilerActivity
+        with profile(activities=[ProfilerActivity.CUDA]) as p: step(); sync(device)
+        return sum(1 for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    if getattr(b, '_compiled_call_impl', None) is not None: return None
+    from torch.utils._python_dispatch import TorchDispatchMode
+    class Count(TorchDispatchMode):
+        n = 0
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__.rstrip('_') not in NO_KERNEL: Count.n += 1
+            return func(*args, **(kwargs or {}))
+    with Count(): step()
+    return Count.n - 4          # less the test loss's own ops (square, mean, mean, add) in the forward
+
 def rel(a, r): return ((a - r).abs().max() / r.abs().max()).item(), ((a - r).abs().mean() / r.abs().mean()).item()
 
 @torch.no_grad()
-def errors(b, x):
+def errors(b, x, ref=None):
+    "Errors of `b` under bf16 autocast against `ref` (default `b` itself, eager: a compiled `b` is checked against its eager twin) in fp32 and fp64."
+    ref = ref or b
     with torch.autocast(x.device.type, dtype=torch.bfloat16): fast = b(x)[0].double()
-    fp32 = b(x.float())[0].double()                                   # autocast off: the fp32 computation
-    fp64 = b.double()(x.double())[0]; b.float()
+    fp32 = ref(x.float())[0].double()                                 # autocast off: the fp32 computation
+    fp64 = ref.double()(x.double())[0]; ref.float()
     return rel(fast, fp64), rel(fp32, fp64), rel(fast, fp32)
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--device', default='cpu'); ap.add_argument('--batch', type=int, default=64)
     ap.add_argument('--size', default='256,128'); ap.add_argument('--iters', type=int, default=20)
+    ap.add_argument('--compile', action='store_true', help='also the block compiled with compile_iau_blocks')
     ap.add_argument('--out', default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -93,7 +121,7 @@ def main(argv=None):
     seed_everything(0)
     if device.type == 'cuda': torch.backends.cudnn.benchmark = True
     feats = activations(device, args.batch, size)
-    rows = []
+    rows, comp_s = [], {}
     for st, x in feats.items():
         C, H, W = x.shape[1:]
         bold = block(C, device, previous=True)
@@ -102,11 +130,17 @@ def main(argv=None):
         variants = [('previous (fp32 copy)', bold)]
         for pr in MATMUL_PRECISIONS:
             b = block(C, device); b.load_state_dict(bold.state_dict()); b.ciau.matmul_precision = pr
-            variants.append((f"now, matmul_precision='{pr}'", b))
-        for name, b in variants:
+            variants.append((f"now, matmul_precision='{pr}'", b, None))
+        variants = [(n, b, None) for n, b in variants[:1]] + variants[1:]
+        if args.compile:
+            bc = block(C, device); bc.load_state_dict(bold.state_dict()); eager = variants[1][1]
+            compile_iau_blocks(bc)
+            t0 = time.perf_counter(); time_block(bc, x, device, 1); comp_s[st] = time.perf_counter() - t0
+            variants.append(('now, compiled (`compile_iau_blocks`)', bc, eager))
+        for name, b, ref in variants:
             t = time_block(b, x, device, args.iters)
-            e_fast64, e_fp32_64, e_fast32 = errors(b, x)
-            rows.append((st, f'{C}@{H}×{W}', name, t, t_conv, e_fast32, e_fast64, e_fp32_64))
+            e_fast64, e_fp32_64, e_fast32 = errors(b, x, ref)
+            rows.append((st, f'{C}@{H}×{W}', name, t, t_conv, kernels(b, x, device), e_fast32, e_fast64, e_fp32_64))
             print(rows[-1], flush=True)
     fmt = lambda e: f'{e[0]:.1e} / {e[1]:.1e}'
     lines = [f'## IAU blocks under bf16 + channels_last on {device.type.upper()} (`bench/bench_iau_blocks.py`)', '',
@@ -115,13 +149,15 @@ def main(argv=None):
              f'batch {args.batch}, input {size[0]}×{size[1]}; activations: ResNet-50 stage outputs (He init, train-mode BN) '
              'of synthetic pedestrians under bf16 autocast, channels_last. Update BNs drawn N(0, 0.5) so the block is not '
              'the identity; the block runs in train mode (batch statistics), as in training.', '',
-             '| stage | map | CIAU | IAUBlock fwd+bwd (ms) | 3×3 conv C→C (ms) | bf16 vs fp32 | bf16 vs fp64 | fp32 vs fp64 |',
-             '|---|---|---|---:|---:|---|---|---|']
-    for st, m, name, t, tc, e1, e2, e3 in rows:
-        lines.append(f'| {st} | {m} | {name} | {t:.2f} | {tc:.2f} | {fmt(e1)} | {fmt(e2)} | {fmt(e3)} |')
+             '| stage | map | CIAU | IAUBlock fwd+bwd (ms) | kernels | 3×3 conv C→C (ms) | bf16 vs fp32 | bf16 vs fp64 | fp32 vs fp64 |',
+             '|---|---|---|---:|---:|---:|---|---|---|']
+    for st, m, name, t, tc, k, e1, e2, e3 in rows:
+        lines.append(f'| {st} | {m} | {name} | {t:.2f} | {"—" if k is None else k} | {tc:.2f} | {fmt(e1)} | {fmt(e2)} | {fmt(e3)} |')
     lines += ['', 'Errors of the block output under bf16 autocast against the same block in fp32 (autocast off) and in fp64 '
               '(same bf16 input): max |Δ| / max |ref| and mean |Δ| / mean |ref|. For scale: rounding a map to bf16 alone is '
               'up to 2⁻⁹ ≈ 2.0e-3 relative per value.']
+    if comp_s: lines += ['', 'Compile time of the compiled block (first forward + backward, s): ' +
+                         ', '.join(f'stage {st} {v:.1f}' for st, v in comp_s.items()) + '.']
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text('\n'.join(lines) + '\n')
     print('\n'.join(lines)); print(f'-> {out}')

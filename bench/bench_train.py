@@ -75,7 +75,7 @@ def loader_ips(dls, n, device):
     return k / (time.perf_counter() - t)
 
 def learner(dls, args, baseline, compile=False):
-    kw = dict(compile=True) if compile else {}
+    kw = dict(compile=compile) if compile else {}
     learn = iaunet_learner(dls, args.arch, pretrained=False, iau_stages=() if baseline else (2, 3), **kw)
     learn.model.to(dls.device)
     if args.channels_last: learn.model.to(memory_format=torch.channels_last)
@@ -107,6 +107,11 @@ def bare_ips(model, batches, steps, warmup, device, amp, opt=None):
 def torch_adam(model, device):
     "The library's `TorchAdam` (fused on CUDA, foreach elsewhere), as the learner's default optimizer uses it."
     return TorchAdam(model.parameters(), lr=3.5e-4, weight_decay=5e-4)
+
+def compile_modes(args, variant):
+    "The compiled loops to time for `variant` (the baseline has no IAU block to compile on its own)."
+    modes = {'model': ['model'], 'iau': ['iau'], 'both': ['model', 'iau'], None: []}[args.compile]
+    return [m for m in modes if not (m == 'iau' and variant == 'baseline')]
 
 def loop_ips(learn, steps, warmup, device):
     timer = LoopTimer(warmup, steps, device)
@@ -152,7 +157,9 @@ def main(argv=None):
     ap.add_argument('--world-size', default='128,64', help='synthetic image size (Market crops are 128x64)')
     ap.add_argument('--steps', type=int, default=None); ap.add_argument('--warmup', type=int, default=3)
     ap.add_argument('--variants', default='baseline,iaunet')
-    ap.add_argument('--compile', action='store_true', help='also time the loop with iaunet_learner(compile=True)')
+    ap.add_argument('--compile', nargs='?', const='model', default=None, choices=('model', 'iau', 'both'),
+                    help="also time the loop with iaunet_learner(compile=True) ('model', the default), compile='iau' "
+                         "(the IAU blocks only), or both")
     ap.add_argument('--profile', action='store_true'); ap.add_argument('--data', default='/tmp/iaunet_bench_train')
     ap.add_argument('--out', default=None)
     args = ap.parse_args(argv)
@@ -184,10 +191,11 @@ def main(argv=None):
         r['bare + fastai Adam'] = bare_ips(m, batches, steps, args.warmup, device, args.amp, fa)
         r['fastai loop'] = loop_ips(learn, steps, args.warmup, device)
         r['opt'] = opt_name(learn)
-        if args.compile:
-            learn_c = learner(dls, args, baseline=(v == 'baseline'), compile=True)
-            t = time.time(); loop_ips(learn_c, 1, 1, device); r['compile s'] = time.time() - t
-            r['fastai loop, compiled'] = loop_ips(learn_c, steps, args.warmup, device)
+        for mode in compile_modes(args, v):
+            learn_c = learner(dls, args, baseline=(v == 'baseline'), compile=True if mode == 'model' else mode)
+            t = time.time(); loop_ips(learn_c, 1, 1, device); r[f'compile s, {mode}'] = time.time() - t
+            r[f'fastai loop, compiled {mode}'] = loop_ips(learn_c, steps, args.warmup, device)
+            del learn_c
         if args.profile:
             syncs, copies = profile_loop(learn, device, out.with_name(f'profile-{device.type}-{v}.txt'))
             notes.append(f'{v}: one profiled loop batch: {syncs} host syncs (item/_local_scalar_dense/stream syncs), copies {copies}')
@@ -195,7 +203,7 @@ def main(argv=None):
         del learn, m
         if cuda: torch.cuda.empty_cache()
     keys = ['loader', 'bare', 'bare + torch Adam', 'bare + fastai Adam', 'fastai loop'] + \
-           (['fastai loop, compiled'] if args.compile else [])
+           [f'fastai loop, compiled {m}' for m in compile_modes(args, 'iaunet')]
     vs = list(rows)
     lines = [f'## Training pace on {device.type.upper()} (`bench/bench_train.py`)', '',
              f'`{" ".join(["python bench/bench_train.py"] + (argv if argv is not None else sys.argv[1:]))}` — '
@@ -206,7 +214,7 @@ def main(argv=None):
              f'{args.workers} loader workers, synthetic Market-1501 layout ({args.preset}, images {args.world_size.replace(",", "×")}) '
              f'with part masks; {steps} timed steps after {args.warmup} warm-up. Optimizer of the loop: {rows[vs[0]]["opt"]}.', '',
              '| images/s | ' + ' | '.join(vs) + ' |', '|---|' + '---:|' * len(vs)]
-    for k in keys: lines.append(f'| {k} | ' + ' | '.join(f'{rows[v][k]:,.0f}' for v in vs) + ' |')
+    for k in keys: lines.append(f'| {k} | ' + ' | '.join(f'{rows[v][k]:,.0f}' if k in rows[v] else '—' for v in vs) + ' |')
     lines.append('| loop ÷ (bare + torch Adam) | ' + ' | '.join(f'{rows[v]["fastai loop"] / rows[v]["bare + torch Adam"]:.0%}' for v in vs) + ' |')
     if 'baseline' in rows and 'iaunet' in rows:
         over = lambda k: rows['baseline'][k] / rows['iaunet'][k] - 1
@@ -220,7 +228,8 @@ def main(argv=None):
             lines.append(f'Per-batch cost of the fastai loop itself ({v}): {ms(r["fastai loop"]) - ms(r["loader"]) - ms(step):.1f} ms '
                          f'(loop {ms(r["fastai loop"]):.1f} − loader {ms(r["loader"]):.1f} − step with the same optimizer '
                          f'{ms(step):.1f} ms per batch).')
-    if args.compile: lines.append('Compile time (first compiled step, s): ' + ', '.join(f'{v} {rows[v]["compile s"]:.0f}' for v in vs) + '.')
+    ct = [f'{v} {k[len("compile s, "):]} {x:.0f}' for v in vs for k, x in rows[v].items() if k.startswith('compile s')]
+    if ct: lines.append('Compile time (first compiled step, s): ' + ', '.join(ct) + '.')
     lines += [''] + [f'* {n}' for n in notes]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text('\n'.join(lines).rstrip() + '\n')

@@ -523,6 +523,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'iaunet_fastai.models._set_module': ('models.html#_set_module', 'iaunet_fastai/models.py'),
                                       'iaunet_fastai.models.check_backbone_file': ( 'models.html#check_backbone_file',
                                                                                     'iaunet_fastai/models.py'),
+                                      'iaunet_fastai.models.compile_iau_blocks': ( 'models.html#compile_iau_blocks',
+                                                                                   'iaunet_fastai/models.py'),
                                       'iaunet_fastai.models.not_a_cnn': ('models.html#not_a_cnn', 'iaunet_fastai/models.py'),
                                       'iaunet_fastai.models.stage_table': ('models.html#stage_table', 'iaunet_fastai/models.py'),
                                       'iaunet_fastai.models.timm_stages': ('models.html#timm_stages', 'iaunet_fastai/models.py')},

@@ -45,8 +45,9 @@ MATMUL_PRECISIONS = ('tf32', 'bf16', 'fp32')
 
 @contextlib.contextmanager
 def _tf32(on):
-    "Allow TF32 tensor-core matmuls inside the block (CUDA only; restores the previous setting)."
-    if not on: yield; return
+    """Allow TF32 tensor-core matmuls inside the block (CUDA only; restores the previous setting). Not while
+    `torch.compile` traces: a compiled block's products follow PyTorch's global matmul precision setting."""
+    if not on or torch.compiler.is_compiling(): yield; return
     old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = True
     try: yield

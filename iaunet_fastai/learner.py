@@ -23,7 +23,7 @@ import fastai.callback.fp16, fastai.callback.channelslast   # Learner.to_bf16 / 
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler, combine_scheds, SchedNo
 from fastai.optimizer import Adam
-from .models import IAUnet, VideoIAUnet
+from .models import IAUnet, VideoIAUnet, compile_iau_blocks
 from .losses import ReIDLoss
 from .callbacks import RetrievalEvaluator, ComputedMetric
 from .inference import _model_config
@@ -182,7 +182,10 @@ def iaunet_learner(dls, arch='resnet50', pretrained=True, video=None, iau_stages
     """A fastai `Learner` with IAUnet/VideoIAUnet for `dls`, `ReIDLoss`, loss-term columns and retrieval metrics.
     `video` defaults to whether `dls` holds tracklets; `every`/`flip_tta` configure the `RetrievalEvaluator`;
     `gallery='all'` puts the queries into the gallery too (the MARS official protocol). `compile=True` (or a dict of
-    `torch.compile` options) compiles the model in place (`nn.Module.compile`: state-dict keys and model files unchanged)."""
+    `torch.compile` options) compiles the model in place (`nn.Module.compile`: state-dict keys and model files unchanged),
+    `compile='iau'` only its IAU blocks (`compile_iau_blocks`: seconds to compile, the blocks' small kernels fused)."""
+    if not (isinstance(compile, (bool, dict)) or compile == 'iau'):
+        raise ReIDInputError(f"compile must be False, True, 'iau' or a dict of torch.compile options, got {compile!r}")
     dls = as_reid_dls(dls)
     if video is None: video = dls.seq_len is not None
     if video and dls.seq_len is None: raise ReIDInputError("video=True needs tracklet dls (a frame with a 'paths' column)")
@@ -191,7 +194,8 @@ def iaunet_learner(dls, arch='resnet50', pretrained=True, video=None, iau_stages
     model = (VideoIAUnet(arch, dls.n_classes, seq_len=dls.seq_len, **mk) if video
              else IAUnet(arch, dls.n_classes, **mk))
     model.reid_config = _model_config(model, dls)
-    if compile: model.compile(**(compile if isinstance(compile, dict) else {}))
+    if compile == 'iau': compile_iau_blocks(model)
+    elif compile: model.compile(**(compile if isinstance(compile, dict) else {}))
     terms = LossTerms()
     cbs = L(terms, SyncFreeRecorder()) + L(cbs)
     if metrics is None:
