@@ -80,7 +80,7 @@ def instrument(learn, phase, rec):
         return g
     model, lf = learn.model, learn.loss_func
     learn.model.forward = wrap('model', model.forward)
-    learn.loss_func = wrap('loss', lf)             # a plain function attribute: fastai calls learn.loss_func(...)
+    lf.forward = wrap('loss', lf.forward)          # the module stays `learn.loss_func` (callbacks read its terms)
     learn._backward = wrap('backward', learn._backward)
     learn._step = wrap('step', learn._step)
     orig_call = Learner.__call__

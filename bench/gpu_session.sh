@@ -4,8 +4,10 @@
 #   bash bench/gpu_session.sh OUT [a|b|all] # there: results under OUT; part a (pace), part b (SCHP, accelerate, compile)
 # Runs, each under its own time limit so that one slow part cannot eat the session:
 #   bench_train.py (loader / bare step ± optimizer / fastai loop, baseline vs IAUnet, bf16 + channels_last),
-#   bench_iau_blocks.py (block time and bf16 error), bench_models.py --device cuda --amp, bench_schp.py --device cuda,
-#   an `accelerate launch --num_processes 1` smoke run of `iaunet train`, and (last) the loop with torch.compile.
+#   bench_loop.py (the loop's host time and kernels per batch by part and callback),
+#   bench_iau_blocks.py (block time, kernels and bf16 error, eager and compiled), bench_models.py --device cuda --amp,
+#   bench_schp.py --device cuda, an `accelerate launch --num_processes 1` smoke run of `iaunet train`, and (last) the
+#   loop with torch.compile (the IAU blocks only, then the whole model).
 set -uo pipefail
 OUT=${1:-bench/results/gpu}
 PART=${2:-all}
@@ -23,12 +25,13 @@ W=$(( $(nproc) - 2 ))
 run() { local t=$1; shift; echo "== $*"; timeout "$t" "$@" 2>&1 | grep -v "USDT\|DeviceProperties" | tail -40; echo "== rc ${PIPESTATUS[0]}"; }
 if [ "$PART" != b ]; then
 run 270 python3 bench/bench_train.py --device cuda --amp --channels-last --workers "$W" --profile --out "$OUT/train-cuda.md"
-run 120 python3 bench/bench_iau_blocks.py --device cuda --out "$OUT/iau-blocks-cuda.md"
+run 120 python3 bench/bench_loop.py --device cuda --amp --channels-last --arch resnet50 --size 256,128 --pk 16x4 --workers "$W" --preset medium --steps 30 --out "$OUT/loop-cuda.md"
+run 150 python3 bench/bench_iau_blocks.py --device cuda --compile --out "$OUT/iau-blocks-cuda.md"
 run 90  python3 bench/bench_models.py --device cuda --amp --iters 10 --out "$OUT/models-cuda.md"
 fi
 if [ "$PART" != a ]; then
 run 100 python3 bench/bench_schp.py --device cuda --n 256 --batch-size 32 --precision both --reps 5 --out "$OUT/schp-cuda.md"
 export PYTHON=python3 ACCELERATE=$(command -v accelerate); run 120 bash bench/gpu_smoke_accelerate.sh 1
-run 200 python3 bench/bench_train.py --device cuda --amp --channels-last --workers "$W" --variants iaunet --compile --steps 30 --out "$OUT/train-cuda-compile.md"
+run 270 python3 bench/bench_train.py --device cuda --amp --channels-last --workers "$W" --variants iaunet --compile both --steps 30 --out "$OUT/train-cuda-compile.md"
 fi
 ls -la "$OUT"

@@ -55,3 +55,52 @@ def test_loss_and_loop_do_not_sync_per_batch():
     reads = [e.name for e in prof.events() if e.name in ('aten::item', 'aten::_local_scalar_dense', 'aten::nonzero', 'aten::is_nonzero')]
     assert not reads, reads
     assert all(torch.is_tensor(v) for v in lf.terms.values())
+
+def dispatched_kernels(f):
+    "Non-view ops (each a kernel launch on a GPU) that `f()` dispatches, by name."
+    import collections, sys
+    from pathlib import Path
+    from torch.utils._python_dispatch import TorchDispatchMode
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]/'bench'))
+    from bench_loop import NO_KERNEL
+    class Count(TorchDispatchMode):
+        def __init__(self): super().__init__(); self.c = collections.Counter()
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            n = func.overloadpacket.__name__
+            if n.rstrip('_') not in NO_KERNEL: self.c[n] += 1
+            return func(*args, **(kwargs or {}))
+    with Count() as c: f()
+    return c.c
+
+def test_iau_block_kernel_budget_bf16_channels_last():
+    """On a GPU the IAU step is host-bound: each dispatched op is a launch. One forward + backward of a block under
+    bf16 autocast and channels_last dispatches at most this many (the block of commit 02e5e20: 134 ops, of them 23 casts
+    and 12 batched products; now 110, 10 and 11; 17 of the ops are the parameters' gradient accumulation): a
+    regression guard on the casts and products that issue 12 removed."""
+    blk = _block()
+    x = torch.randn(4, 32, 16, 8).contiguous(memory_format=torch.channels_last).bfloat16().requires_grad_()
+    g_out, g_lg = torch.randn(4, 32, 16, 8).contiguous(memory_format=torch.channels_last).bfloat16(), torch.randn(4, 4, 16, 8)
+    def step():
+        with torch.autocast('cpu', dtype=torch.bfloat16): out, lg = blk(x)
+        torch.autograd.backward([out, lg], [g_out, g_lg.to(lg.dtype)])
+    step()
+    c = dispatched_kernels(step)
+    assert sum(c.values()) <= 112 and c['_to_copy'] <= 10, c
+    assert c['bmm'] == 2 + 3 + 2 + 4, c          # CIAU: 2 products + 3 in the backward (Gram: 1); SIAU: 2 + 4
+    xf, gf = x.detach().float().requires_grad_(), g_out.float()
+    ciau = dispatched_kernels(lambda: torch.autograd.backward(blk.ciau(xf), gf))
+    assert ciau['_to_copy'] == 0, ciau            # fp32 map: no cast at all
+
+def test_compiled_iau_blocks_train_in_the_fastai_loop(tmp_path):
+    "`iaunet_learner(compile='iau')` fits and validates (train and eval shapes, partial last batch) with the real loop."
+    from iaunet_fastai.synthetic import make_synthetic_reid
+    from iaunet_fastai.datasets import market1501_df
+    from iaunet_fastai.data import reid_dls
+    from iaunet_fastai.learner import iaunet_learner
+    path = make_synthetic_reid(tmp_path, preset='tiny', img_size=(64, 32), seed=0, datasets=('market1501',))
+    dls = reid_dls(market1501_df(path/'Market-1501'), size=(64, 32), P=4, K=2, num_workers=0, seed=0)
+    learn = iaunet_learner(dls, 'resnet18', pretrained=False, compile='iau')
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+    assert all(b._compiled_call_impl is not None for b in learn.model.iau.values())
+    m = learn.validate()
+    assert all(math.isfinite(float(v)) for v in m), m
