@@ -12,7 +12,7 @@ not pay. The script runs the real `learn.fit` of `iaunet_learner` and splits eac
   loss       `learn.loss_func(pred, *yb)` and fastai's `loss.clone()`
   backward   `loss_grad.backward()`
   step       `opt.step()` and `opt.zero_grad()`
-  events     every callback event (`before_batch` .. `after_batch`), per callback
+  events     each per-batch callback event (`before_batch` .. `after_batch`): the dispatch and the callbacks' work
   loader     the rest: fetching the batch (collate, device copy, batch transforms), fastai's `_split`
 Times are host wall time per batch (no device syncs: what the host spends dispatching, which on a GPU runs
 ahead of the device), medians over `--steps` batches after warm-up; op counts are per batch, from a
@@ -83,16 +83,13 @@ def instrument(learn, phase, rec):
     lf.forward = wrap('loss', lf.forward)          # the module stays `learn.loss_func` (callbacks read its terms)
     learn._backward = wrap('backward', learn._backward)
     learn._step = wrap('step', learn._step)
-    orig_call = Learner.__call__
+    base_call = type(learn).__call__             # the learner's own dispatch (ReIDLearner's or fastai's)
     def call(event):
         if event in ('before_fit', 'after_fit', 'before_epoch', 'after_epoch', 'before_train', 'after_train',
-                     'before_validate', 'after_validate'): return orig_call(learn, event)
-        res = None
-        for cb in learn.cbs.sorted('order'):        # as fastai's `_call_one`, timed per callback
-            phase.stack.append(f'event:{type(cb).__name__}'); t = time.perf_counter()
-            try: res = cb(event)
-            finally: rec.add(phase.now, time.perf_counter() - t); phase.stack.pop()
-        return res
+                     'before_validate', 'after_validate'): return base_call(learn, event)
+        phase.stack.append(f'event:{event}'); t = time.perf_counter()
+        try: return base_call(learn, event)
+        finally: rec.add(phase.now, time.perf_counter() - t); phase.stack.pop()
     learn.__call__ = call
     return learn
 

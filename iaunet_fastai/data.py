@@ -5,8 +5,9 @@ target, P×K identity sampling for training, ordered query/gallery loaders for e
 
 # %% auto #0
 __all__ = ['load_reid_image', 'TensorClip', 'LoadReIDImage', 'LoadClip', 'LoadPartMask', 'ImageReIDBlock', 'TrackletBlock',
-           'PartMaskBlock', 'check_images', 'ReIDAugment', 'pk_num_batches', 'pk_indices', 'clip_frames', 'eval_clips',
-           'ReIDItems', 'PKDataLoader', 'ReIDEvalDL', 'ReIDDataLoaders', 'reid_dls', 'ReIDTestItems']
+           'PartMaskBlock', 'check_images', 'ReIDNormalize', 'ReIDAugment', 'pk_num_batches', 'pk_indices',
+           'clip_frames', 'eval_clips', 'ReIDItems', 'PKDataLoader', 'ReIDEvalDL', 'ReIDDataLoaders', 'reid_dls',
+           'ReIDTestItems']
 
 # %% ../nbs/03_data.ipynb #29b7fe02
 from .core import *
@@ -21,6 +22,7 @@ from fasttransform import Transform
 from fastai.torch_core import TensorImage, TensorMask, TensorCategory, default_device, defaults, num_distrib, to_device
 from fastai.data.core import TfmdDL, DataLoaders
 from fastai.data.block import TransformBlock
+from fastcore.foundation import L
 from fastai.data.transforms import IntToFloatTensor, Normalize
 from fastai.vision.core import imagenet_stats
 
@@ -122,6 +124,31 @@ def check_images(items, workers:int=8, progress:bool=True, n_show:int=5) -> int:
     return len(paths)
 
 # %% ../nbs/03_data.ipynb #63af4563
+def _plain(t): return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) else t
+
+def _retype(t, like):
+    "`t` as `like`'s fastai tensor type with its metadata (fastai's `retain_type` without its per-call dispatch)."
+    if not isinstance(t, torch.Tensor) or type(like) is torch.Tensor or not isinstance(like, torch.Tensor): return t
+    r = t.as_subclass(type(like))
+    if like.__dict__: r.__dict__.update(like.__dict__)
+    return r
+
+class ReIDNormalize(Normalize):
+    """fastai's `IntToFloatTensor` then `Normalize` as one transform: uint8 images or clips → `(x/255 − mean)/std` in
+    one fused op (`addcmul`) on plain tensors, masks → long; decodes to 0..255 long images, as the pair does (rounded:
+    an encoded image decodes to itself).
+    Equal to the pair within float rounding (1e-6)."""
+    parameters, order = L('mean', 'std', 'scale', 'shift'), 99
+    def __init__(self, mean=imagenet_stats[0], std=imagenet_stats[1]):
+        mean, std = (torch.as_tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (mean, std))
+        super().__init__(mean, std)
+        self.scale, self.shift = 1 / (255 * std), -mean / std
+    def encodes(self, x:TensorImage): return _retype(torch.addcmul(self.shift, _plain(x), self.scale), x)
+    def encodes(self, x:TensorMask): return _retype(_plain(x).long(), x)
+    def decodes(self, x:TensorImage):
+        m, s = (v.to(x.device) for v in (self.mean, self.std))
+        return _retype(((_plain(x) * s + m).clamp(0., 1.) * 255).round().long(), x)
+
 class ReIDAugment(Transform):
     "Per-sample flip (image and mask together) and random erasing after normalisation; one draw per clip."
     order, split_idx = 100, 0
@@ -145,22 +172,22 @@ class ReIDAugment(Transform):
 
     def __call__(self, b, split_idx=None, **kwargs):
         if split_idx is not None and split_idx != self.split_idx: return b
-        b = list(b) if isinstance(b, (tuple, list)) else [b]
+        typed = list(b) if isinstance(b, (tuple, list)) else [b]
+        b = [_plain(t) for t in typed]                 # plain tensors: no fastai dispatch cost per op
         x = b[0]; bs, (H, W) = x.shape[0], x.shape[-2:]
-        flip = np.flatnonzero(self.rng.random(bs) < self.flip_p)
-        if len(flip):
-            idx = torch.as_tensor(flip).to(x.device, non_blocking=True)      # no host wait for the GPU
-            for i, t in enumerate(b):
+        flip = self.rng.random(bs) < self.flip_p
+        if flip.any():
+            fm = torch.from_numpy(flip).to(x.device, non_blocking=True)      # no host wait for the GPU
+            for i, t in enumerate(typed):
                 if isinstance(t, (TensorImage, TensorMask)) and t.ndim >= 3 and t.shape[0] == bs:
-                    t = t.clone(); t[idx] = t[idx].flip(-1); b[i] = t
+                    b[i] = torch.where(fm.view(bs, *[1]*(t.ndim - 1)), b[i].flip(-1), b[i])
         erase = self.rng.random(bs) < self.erase_p
         if erase.any():
             rows, cols = self.erase_boxes(erase, H, W)
-            dev = b[0].device
-            r, cl = (torch.from_numpy(a).to(dev, non_blocking=True) for a in (rows, cols))
+            r, cl = (torch.from_numpy(a).to(x.device, non_blocking=True) for a in (rows, cols))
             box = r[:, :, None] & cl[:, None, :]                              # [B, H, W]
-            b[0] = b[0].masked_fill(box.view(bs, *[1]*(b[0].ndim - 3), H, W), self.value)
-        return tuple(b)
+            b[0] = b[0].masked_fill(box.view(bs, *[1]*(x.ndim - 3), H, W), self.value)
+        return tuple(_retype(n, t) for n, t in zip(b, typed))
 
 # %% ../nbs/03_data.ipynb #2bef337c
 def pk_num_batches(groups, P, K):
@@ -412,7 +439,9 @@ def _get_masks(masks):
     return load_part_masks(masks)
 
 def _tfms(train, seed, batch_tfms=None):
-    return ([IntToFloatTensor(), Normalize.from_stats(*imagenet_stats, cuda=False)] + ([ReIDAugment(seed=seed)] if train else [])
+    "Batch transforms: `ReIDNormalize` (fastai's pair when `batch_tfms` are given: they expect [0, 1] floats before `Normalize`)."
+    norm = ([IntToFloatTensor(), Normalize.from_stats(*imagenet_stats, cuda=False)] if batch_tfms else [ReIDNormalize()])
+    return (norm + ([ReIDAugment(seed=seed)] if train else [])
             + list(batch_tfms or []))
 
 def reid_dls(df, size=(256, 128), P=16, K=4, seq_len=None, sample_stride=1, masks=None, num_workers=None,

@@ -35,15 +35,20 @@ class LossTerms(Callback):
     order = 60
     def __init__(self, terms=('ce', 'triplet', 'mask')):
         self.terms = terms
-        self.sums, self.count = {t: 0. for t in terms}, 0
+        self._acc, self.count = None, 0
         self.metrics = [ComputedMetric(self, f'train_{t}') for t in terms]
-    def before_train(self): self.sums, self.count, self._all = {t: 0. for t in self.terms}, 0, None
+    def before_train(self): self._acc, self.count, self._all = None, 0, None
+    @property
+    def sums(self) -> dict:
+        "The epoch's running sums `{term: bs-weighted sum}` (0-d device tensors; 0. before any batch)."
+        return {t: (0. if self._acc is None else self._acc[i]) for i, t in enumerate(self.terms)}
     def after_batch(self):
         if not self.training or len(self.yb) == 0: return
         bs = len(self.yb[0])
-        for t in self.terms:
-            v = getattr(self.learn.loss_func, t, 0.)
-            self.sums[t] = self.sums[t] + (v.detach() if torch.is_tensor(v) else v) * bs   # stays on the device
+        vs = [getattr(self.learn.loss_func, t, 0.) for t in self.terms]
+        dev = next((v.device for v in vs if torch.is_tensor(v)), torch.device('cpu'))
+        v = torch.stack([v.detach().float() if torch.is_tensor(v) else torch.full((), float(v), device=dev) for v in vs])
+        self._acc = v * bs if self._acc is None else torch.add(self._acc, v, alpha=bs)   # stays on the device: 2 kernels
         self.count += bs
     def after_train(self):
         "Under distributed training, sum the epoch's terms over all processes (every process runs this event)."
@@ -101,6 +106,26 @@ def no_bar(self:ReIDLearner):
     try: yield self
     finally:
         if pc is not None: self.add_cb(pc)
+
+# %% ../nbs/10_learner.ipynb #b525345a
+from fastai.callback.core import _inner_loop
+from fastcore.basics import GetAttr
+
+def _defines(cb, event) -> bool:
+    "Whether callback `cb` has its own `event` method (on its class or the instance), not only fastai's fallback."
+    return event in cb.__dict__ or any(event in k.__dict__ for k in type(cb).__mro__ if k not in (Callback, GetAttr, object))
+
+@patch
+def __call__(self:ReIDLearner, event_name):
+    "fastai's event dispatch; a per-batch event calls only the callbacks that define it (`_defines`), in fastai's order."
+    if not (isinstance(event_name, str) and event_name in _inner_loop): return Learner.__call__(self, event_name)
+    key = (event_name, tuple(map(id, self.cbs)))
+    cache = self.__dict__.setdefault('_event_cbs', {})
+    cbs = cache.get(key)
+    if cbs is None:
+        if len(cache) > 256: cache.clear()
+        cbs = cache[key] = [cb for cb in self.cbs.sorted('order') if _defines(cb, event_name)]
+    for cb in cbs: cb(event_name)
 
 # %% ../nbs/10_learner.ipynb #ab0e84f5
 class ConsoleTable(Callback):
