@@ -264,6 +264,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                             'iaunet_fastai/distributed.py'),
                                            'iaunet_fastai.distributed.ReIDDistributedTrainer.before_validate': ( 'distributed.html#reiddistributedtrainer.before_validate',
                                                                                                                  'iaunet_fastai/distributed.py'),
+                                           'iaunet_fastai.distributed._leave_group': ( 'distributed.html#_leave_group',
+                                                                                       'iaunet_fastai/distributed.py'),
                                            'iaunet_fastai.distributed._model_device': ( 'distributed.html#_model_device',
                                                                                         'iaunet_fastai/distributed.py'),
                                            'iaunet_fastai.distributed.all_gather_cat': ( 'distributed.html#all_gather_cat',

@@ -30,7 +30,12 @@ def init_distributed() -> bool:
     if num_distrib() > 1 and not dist.is_initialized():
         from accelerate import PartialState
         PartialState(cpu=not torch.cuda.is_available())
+        import atexit; atexit.register(_leave_group)
     return is_distributed()
+
+def _leave_group():
+    "At exit, tear down the process group this library joined (a gloo group left to the interpreter's shutdown can abort)."
+    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
 def comm_device() -> torch.device:
     "Where tensors must live for the running backend's collectives: the current GPU for NCCL, else the CPU."
