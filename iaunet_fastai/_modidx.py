@@ -513,6 +513,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                    'iaunet_fastai/models.py'),
                                       'iaunet_fastai.models.VideoIAUnet.forward': ( 'models.html#videoiaunet.forward',
                                                                                     'iaunet_fastai/models.py'),
+                                      'iaunet_fastai.models.VideoIAUnet.to': ('models.html#videoiaunet.to', 'iaunet_fastai/models.py'),
                                       'iaunet_fastai.models._ReIDNet': ('models.html#_reidnet', 'iaunet_fastai/models.py'),
                                       'iaunet_fastai.models._ReIDNet.__init__': ( 'models.html#_reidnet.__init__',
                                                                                   'iaunet_fastai/models.py'),

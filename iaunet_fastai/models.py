@@ -258,6 +258,17 @@ class VideoIAUnet(_ReIDNet):
 
     def _make_block(self, C, parts, part_norm): return IAUBlock3D(C, self.seq_len, parts, part_norm, self.per_frame)
 
+    def to(self, *args, memory_format=None, **kwargs):
+        """`nn.Module.to`. A channels-last `memory_format` (what fastai's `to_channelslast` asks) applies per tensor:
+        `channels_last` to 4-D weights (the backbone, the part graphs' edge convs), `channels_last_3d` to the clip
+        blocks' 5-D ones (PyTorch refuses either format on the other rank)."""
+        if memory_format not in (torch.channels_last, torch.channels_last_3d):
+            kw = {} if memory_format is None else dict(memory_format=memory_format)
+            return super().to(*args, **kwargs, **kw)
+        if args or kwargs: super().to(*args, **kwargs)
+        fmt = {4: torch.channels_last, 5: torch.channels_last_3d}
+        return self._apply(lambda t: t.to(memory_format=fmt[t.dim()]) if t.dim() in fmt else t)
+
     def _run_block(self, blk, x, T):
         BT, C, H, W = x.shape
         x5 = x.view(BT // T, T, C, H, W).transpose(1, 2)        # [B, C, T, H, W]

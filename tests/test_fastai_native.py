@@ -1,7 +1,7 @@
 """A first-class fastai citizen: what a fastai user types first (predict, get_preds, test_dl, show_results, summary,
 export/load_learner, dls.c, bs/P/K changes, item/batch transforms, DataBlock dls, train-only fits), on images AND
 tracklets of the tiny synthetic world (resnet18 at 64×32, num_workers=0)."""
-import warnings
+import math, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -275,3 +275,14 @@ def test_interpretation_top_losses_and_clear_classification_refusal(trained):
     losses, idx = Interpretation.from_learner(learn).top_losses(3)
     assert len(losses) == 3 and (losses[:-1] >= losses[1:]).all()
     with pytest.raises(AttributeError, match='Interpretation.from_learner'): ClassificationInterpretation.from_learner(learn)
+
+
+@pytest.mark.parametrize('kind', ['img', 'vid'])
+def test_to_channelslast_trains_images_and_clips(world, kind):
+    "fastai's `learn.to_channelslast()` (the README's GPU advice) on both learners: the video model has 5-D weights too."
+    dls = _dls(world, kind)
+    learn = iaunet_learner(dls, 'resnet18', pretrained=False).to_channelslast(use_amp=False)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+    w = learn.model.backbone.conv1.weight
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    assert all(math.isfinite(v) for v in learn.recorder.values[-1][:2])
