@@ -27,6 +27,11 @@ class Count(TorchDispatchMode):
         else: self.kernels[n] += 1
         return func(*args, **(kwargs or {}))
 
+def channels_last(model):
+    "channels_last weights (channels_last_3d for a clip block's 5-D ones), as `VideoIAUnet.to` does since it can."
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}
+    return model._apply(lambda t: t.to(memory_format=fmt[t.dim()]) if t.dim() in fmt else t)
+
 def step_counts(model, x, y, m):
     "(kernels, views, casts, products) of one forward + loss + backward (after one warm-up step)."
     lf = ReIDLoss()
@@ -34,6 +39,7 @@ def step_counts(model, x, y, m):
     def step():
         with torch.autocast('cpu', dtype=torch.bfloat16): loss = lf(model(x), y, m)
         loss.backward()
+        model.zero_grad(set_to_none=True)       # as fastai's OptimWrapper between steps: no gradient accumulation ops
     step()
     with Count() as c: step()
     k = c.kernels
@@ -54,7 +60,7 @@ def main(argv=None):
         for name, st in (('baseline', ()), ('IAUnet', (2, 3))):
             mk = (lambda: VideoIAUnet(args.arch, 10, seq_len=4, pretrained=False, iau_stages=st)) if kind != 'images' else \
                  (lambda: IAUnet(args.arch, 10, pretrained=False, iau_stages=st))
-            model = mk().to(memory_format=cl).train()
+            model = channels_last(mk()).train()
             res[name] = step_counts(model, *data)
             print(kind, name, res[name], flush=True)
         rows.append((kind, res))
