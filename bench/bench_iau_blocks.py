@@ -87,7 +87,7 @@ def kernels(b, x, device):
         from torch.profiler import profile, ProfilerActivity
         with profile(activities=[ProfilerActivity.CUDA]) as p: step(); sync(device)
         return sum(1 for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA)
-    if getattr(b, '_compiled_call_impl', None) is not None: return None
+    if getattr(b, 'compiled', False): return None      # a dispatch mode does not see inside compiled code
     from torch.utils._python_dispatch import TorchDispatchMode
     class Count(TorchDispatchMode):
         n = 0
@@ -99,13 +99,14 @@ def kernels(b, x, device):
 
 def rel(a, r): return ((a - r).abs().max() / r.abs().max()).item(), ((a - r).abs().mean() / r.abs().mean()).item()
 
-@torch.no_grad()
 def errors(b, x, ref=None):
-    "Errors of `b` under bf16 autocast against `ref` (default `b` itself, eager: a compiled `b` is checked against its eager twin) in fp32 and fp64."
+    """Errors of `b` under bf16 autocast (with gradients on: the path training takes, compiled for a compiled `b`)
+    against `ref` (default `b` itself; a compiled `b` is checked against its eager twin) in fp32 and fp64."""
     ref = ref or b
-    with torch.autocast(x.device.type, dtype=torch.bfloat16): fast = b(x)[0].double()
-    fp32 = ref(x.float())[0].double()                                 # autocast off: the fp32 computation
-    fp64 = ref.double()(x.double())[0]; ref.float()
+    with torch.autocast(x.device.type, dtype=torch.bfloat16): fast = b(x)[0].detach().double()
+    with torch.no_grad():
+        fp32 = ref(x.float())[0].double()                             # autocast off: the fp32 computation
+        fp64 = ref.double()(x.double())[0]; ref.float()
     return rel(fast, fp64), rel(fp32, fp64), rel(fast, fp32)
 
 def main(argv=None):

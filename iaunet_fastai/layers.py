@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['MATMUL_PRECISIONS', 'fp32_region', 'init_new_layers', 'conv_bn', 'MatMul32', 'matmul32', 'Gram', 'channel_gram',
-           'is_channels_last', 'CIAU', 'PartGraph', 'part_nodes', 'SIAU', 'IAUBlock', 'stiau_edge_mask', 'STIAU',
-           'IAUBlock3D']
+           'is_channels_last', 'CIAU', 'PartGraph', 'part_nodes', 'SIAU', 'CompilableBlock', 'IAUBlock',
+           'stiau_edge_mask', 'STIAU', 'IAUBlock3D']
 
 # %% ../nbs/05_layers.ipynb #75040559
 from .core import *
@@ -209,13 +209,31 @@ class SIAU(nn.Module):
         return z + upd.to(z.dtype), logits
 
 # %% ../nbs/05_layers.ipynb #af6f8e73
-class IAUBlock(nn.Module):
+class CompilableBlock(nn.Module):
+    """Base of the IAU blocks: `forward` runs `body`, or, once `compile_training()` was called, its `torch.compile`d
+    version while training with gradients (evaluation stays eager: no recompile per evaluation batch size and no
+    compile latency at validation). The compiled function is not pickled (`learn.export`, `torch.save` of the model)."""
+    def body(self, x): raise NotImplementedError
+    def forward(self, x):
+        f = self.__dict__.get('_compiled')
+        return f(x) if f is not None and self.training and torch.is_grad_enabled() else self.body(x)
+    def compile_training(self, **compile_kwargs):
+        "Compile `body` for training (`torch.compile(**compile_kwargs)`, static shapes unless `dynamic` is given)."
+        self.__dict__['_compiled'] = torch.compile(self.body, **{'dynamic': False, **compile_kwargs})
+        return self
+    @property
+    def compiled(self) -> bool: return self.__dict__.get('_compiled') is not None
+    def __getstate__(self):
+        state = super().__getstate__(); state.pop('_compiled', None)
+        return state
+
+class IAUBlock(CompilableBlock):
     "CIAU then SIAU: `x [B, C, H, W] -> (out [B, C, H, W], part_logits [B, K, H, W])`; identity at init."
     def __init__(self, C:int, parts:int=4, part_norm:str='sum'):
         super().__init__()
         self.C, self.K = C, parts
         self.ciau, self.siau = CIAU(C), SIAU(C, parts, part_norm)
-    def forward(self, x): return self.siau(self.ciau(x))
+    def body(self, x): return self.siau(self.ciau(x))
 
 # %% ../nbs/05_layers.ipynb #6c8b3d70
 def stiau_edge_mask(K:int, T:int) -> torch.Tensor:
@@ -261,7 +279,7 @@ class STIAU(nn.Module):
             else: upd = self.update(torch.cat([h.mean(-1), u], 1)[:, :, None, None, None])   # [B, C, 1, 1, 1]
         return z + upd.to(z.dtype), logits.transpose(1, 2).reshape(B*T, self.K, H, W)
 
-class IAUBlock3D(nn.Module):
+class IAUBlock3D(CompilableBlock):
     "CIAU over (channel, frame) nodes then STIAU: `x [B, C, T, H, W] -> (out [B, C, T, H, W], part_logits [B·T, K, H, W])`."
     def __init__(self, C:int, seq_len:int=None, parts:int=4, part_norm:str='sum', per_frame:bool=True):
         super().__init__()
@@ -269,4 +287,5 @@ class IAUBlock3D(nn.Module):
         self.ciau, self.stiau = CIAU(C, nd=3), STIAU(C, parts, part_norm, per_frame)
     def forward(self, x):
         if x.ndim != 5: raise ReIDInputError(f"IAUBlock3D expects a clip map [B, C, T, H, W], got shape {tuple(x.shape)}")
-        return self.stiau(self.ciau(x))
+        return super().forward(x)
+    def body(self, x): return self.stiau(self.ciau(x))

@@ -285,10 +285,10 @@ class VideoIAUnet(_ReIDNet):
 
 # %% ../nbs/06_models.ipynb #45ed1168
 def compile_iau_blocks(model:nn.Module, **compile_kwargs) -> nn.Module:
-    """Compile every `IAUBlock`/`IAUBlock3D` of `model` in place with `torch.compile(**compile_kwargs)`; returns `model`.
+    """Compile the training forward (and so backward) of every IAU block of `model` in place with
+    `torch.compile(**compile_kwargs)` (`CompilableBlock.compile_training`; evaluation stays eager); returns `model`.
     Shapes are static by default (`dynamic=False`): the blocks of one model share their code but not their shapes, and
     a dynamic-shape compile of channels_last maps fails in some PyTorch versions (2.14's Inductor)."""
-    compile_kwargs.setdefault('dynamic', False)
-    blocks = [m for m in model.modules() if isinstance(m, (IAUBlock, IAUBlock3D))]
-    for b in blocks: b.compile(**compile_kwargs)
+    for b in model.modules():
+        if isinstance(b, CompilableBlock): b.compile_training(**compile_kwargs)
     return model

@@ -101,6 +101,6 @@ def test_compiled_iau_blocks_train_in_the_fastai_loop(tmp_path):
     dls = reid_dls(market1501_df(path/'Market-1501'), size=(64, 32), P=4, K=2, num_workers=0, seed=0)
     learn = iaunet_learner(dls, 'resnet18', pretrained=False, compile='iau')
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
-    assert all(b._compiled_call_impl is not None for b in learn.model.iau.values())
+    assert all(b.compiled for b in learn.model.iau.values())
     m = learn.validate()
     assert all(math.isfinite(float(v)) for v in m), m
