@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU session (an offline machine with Python, torch, timm, accelerate but no fastai):
 #   ../shared/gpu/wheels.sh                 # here, once: fastai & co. wheels into .whl/
-#   bash bench/gpu_session.sh OUT [a|b|all] # there: results under OUT; part a (pace), part b (SCHP, accelerate, compile)
+#   bash bench/gpu_session.sh OUT [a|b|c|all] # there: results under OUT; parts below
 # Runs, each under its own time limit so that one slow part cannot eat the session:
 #   bench_train.py (loader / bare step ± optimizer / fastai loop, baseline vs IAUnet, bf16 + channels_last),
 #   bench_loop.py (the loop's host time and kernels per batch by part and callback),
@@ -23,15 +23,21 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, timm, fastai; print('torch', torch.__version__, 'timm', timm.__version__, 'fastai', fastai.__version__)" | tee -a "$OUT/gpu.txt"
 W=$(( $(nproc) - 2 ))
 run() { local t=$1; shift; echo "== $*"; timeout "$t" "$@" 2>&1 | grep -v "USDT\|DeviceProperties" | tail -40; echo "== rc ${PIPESTATUS[0]}"; }
-if [ "$PART" != b ]; then
+# Parts (each fits one 600 s device call; a session's 15 device-minutes hold about two, startup included):
+#   a  the pace: bench_train (loader / bare / loop) and bench_loop (host ms and kernels per batch by part)
+#   b  compilation: bench_iau_blocks --compile, then the loop with compile='iau' and compile=True
+#   c  the rest: bench_models, bench_schp, the accelerate smoke run
+case "$PART" in a|all)
 run 270 python3 bench/bench_train.py --device cuda --amp --channels-last --workers "$W" --profile --out "$OUT/train-cuda.md"
 run 120 python3 bench/bench_loop.py --device cuda --amp --channels-last --arch resnet50 --size 256,128 --pk 16x4 --workers "$W" --preset medium --steps 30 --out "$OUT/loop-cuda.md"
+;; esac
+case "$PART" in b|all)
 run 150 python3 bench/bench_iau_blocks.py --device cuda --compile --out "$OUT/iau-blocks-cuda.md"
+run 270 python3 bench/bench_train.py --device cuda --amp --channels-last --workers "$W" --variants iaunet --compile both --steps 30 --out "$OUT/train-cuda-compile.md"
+;; esac
+case "$PART" in c|all)
 run 90  python3 bench/bench_models.py --device cuda --amp --iters 10 --out "$OUT/models-cuda.md"
-fi
-if [ "$PART" != a ]; then
 run 100 python3 bench/bench_schp.py --device cuda --n 256 --batch-size 32 --precision both --reps 5 --out "$OUT/schp-cuda.md"
 export PYTHON=python3 ACCELERATE=$(command -v accelerate); run 120 bash bench/gpu_smoke_accelerate.sh 1
-run 270 python3 bench/bench_train.py --device cuda --amp --channels-last --workers "$W" --variants iaunet --compile both --steps 30 --out "$OUT/train-cuda-compile.md"
-fi
+;; esac
 ls -la "$OUT"
