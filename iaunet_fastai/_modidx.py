@@ -432,6 +432,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                        'iaunet_fastai.learner.LossTerms.sums': ('learner.html#lossterms.sums', 'iaunet_fastai/learner.py'),
                                        'iaunet_fastai.learner.ReIDLearner.__call__': ( 'learner.html#reidlearner.__call__',
                                                                                        'iaunet_fastai/learner.py'),
+                                       'iaunet_fastai.learner.ReIDLearner.__getstate__': ( 'learner.html#reidlearner.__getstate__',
+                                                                                           'iaunet_fastai/learner.py'),
                                        'iaunet_fastai.learner.ReIDLearner.no_bar': ( 'learner.html#reidlearner.no_bar',
                                                                                      'iaunet_fastai/learner.py'),
                                        'iaunet_fastai.learner.SyncFreeRecorder': ( 'learner.html#syncfreerecorder',

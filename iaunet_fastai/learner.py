@@ -127,6 +127,12 @@ def __call__(self:ReIDLearner, event_name):
         cbs = cache[key] = [cb for cb in self.cbs.sorted('order') if _defines(cb, event_name)]
     for cb in cbs: cb(event_name)
 
+@patch
+def __getstate__(self:ReIDLearner):
+    "fastai's pickled state, without the dispatch cache (`learn.export` keeps only the callbacks it means to)."
+    state = Learner.__getstate__(self); state.pop('_event_cbs', None)
+    return state
+
 # %% ../nbs/10_learner.ipynb #ab0e84f5
 class ConsoleTable(Callback):
     """Print fastai's metric table as plain lines (header, then one row per epoch) instead of the raw log lists
