@@ -323,6 +323,8 @@ def train_cli(dataset:str=None,        # dataset name: market1501, dukemtmc, cuh
               every:int=1,             # evaluate every n epochs
               mars_protocol:str='official', # MARS: official (gallery includes the queries) or torchreid (queries removed)
               precision:str='fp32',    # fp32, fp16 or bf16 (mixed precision)
+              channels_last:bool=False,# store maps channels-last (on a GPU with --precision bf16: no layout copies in the IAU blocks)
+              compile:str='none',      # torch.compile: none; iau (the IAU blocks' training step, seconds to compile); model (the whole model, about a minute)
               workers:int=None,        # data loader workers
               seed:int=42,             # random seed
               no_check:bool=False,     # skip the pre-flight check that reads every image header before training
@@ -342,12 +344,14 @@ def train_cli(dataset:str=None,        # dataset name: market1501, dukemtmc, cuh
     return _train(**args)
 
 def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, lr, size, pk, seq_len, masks, every,
-           mars_protocol, precision, workers, seed, no_check, out, overwrite, resume, config):
+           mars_protocol, precision, workers, seed, no_check, out, overwrite, resume, config, channels_last=False, compile='none'):
     from iaunet_fastai.data import reid_dls, check_images
     if schedule not in ('one_cycle', 'paper', 'fine_tune'):
         raise ReIDInputError(f"--schedule must be one_cycle, paper or fine_tune, got {schedule!r}")
     if resume and schedule == 'fine_tune': raise ReIDInputError("--resume works with --schedule one_cycle or paper, not fine_tune")
     if precision not in ('fp32', 'fp16', 'bf16'): raise ReIDInputError(f"--precision must be fp32, fp16 or bf16, got {precision!r}")
+    if compile not in _COMPILE: raise ReIDInputError(f"--compile must be one of {', '.join(_COMPILE)}, got {compile!r}")
+    if compile == 'iau' and baseline: raise ReIDInputError("--compile iau compiles the IAU blocks; --baseline has none (use --compile model)")
     if epochs < 1: raise ReIDInputError(f"--epochs must be >= 1, got {epochs}")
     P, K = _size(pk, '--pk'); hw = _size(size)
     mars_gallery(dataset, video, mars_protocol)                       # validates --mars-protocol up front
@@ -359,7 +363,8 @@ def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, l
     opts = dict(dataset=dataset, root=str(Path(root).expanduser().resolve()) if root else None, video=video, arch=arch,
                 pretrained=pretrained, baseline=baseline, epochs=epochs, schedule=schedule, lr=lr, size=size, pk=pk,
                 seq_len=seq_len, masks=str(Path(masks).resolve()) if masks else None, every=every, mars_protocol=mars_protocol,
-                precision=precision, workers=workers, seed=seed, no_check=no_check, out=str(out))
+                precision=precision, channels_last=channels_last, compile=compile, workers=workers, seed=seed,
+                no_check=no_check, out=str(out))
     out.mkdir(parents=True, exist_ok=True)
     if not resume: (out/'history.csv').unlink(missing_ok=True)   # --overwrite: a fresh history (appended to by every fit)
     if not resume:
@@ -370,7 +375,8 @@ def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, l
     if not no_check: check_images(list(df['paths'] if is_video else df['path']))
     dls = reid_dls(df, size=hw, P=P, K=K, seq_len=seq_len if is_video else None, masks=masks, num_workers=workers, seed=seed)
     learn = iaunet_learner(dls, arch, pretrained=pretrained, iau_stages=() if baseline else (2, 3), every=every,
-                           gallery=gallery, cbs=ConsoleTable())
+                           gallery=gallery, cbs=ConsoleTable(), compile=_COMPILE[compile])
+    if channels_last: learn = learn.to_channelslast(use_amp=False)
     if precision != 'fp32': learn = learn.to_bf16() if precision == 'bf16' else learn.to_fp16()
     start = resume_checkpoint(learn, out/'checkpoint.pth') if resume else 0
     if start >= epochs: print(f"the run in '{out}' finished all {epochs} epochs; writing its results")
@@ -397,6 +403,8 @@ def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, l
               f"'{out/'checkpoint.pth'}'; `iaunet train --resume --out {out}` continues the run", file=sys.stderr)
         return 128 + int(stop.signal)
     return _finish(learn, out, protocol)
+
+_COMPILE = {'none': False, 'iau': 'iau', 'model': True}     # --compile -> iaunet_learner(compile=...)
 
 def _distrib(learn):
     "`learn.distrib_ctx()` when started by `accelerate launch` with several processes, else a no-op context."

@@ -347,3 +347,16 @@ def test_bad_image_in_a_loader_worker_is_one_line(market, tmp_path, capsys):
                      '--size', '64,32', '--pk', '4x4', '--workers', '1', '--epochs', '1', '--no-check']) == 1
     err = capsys.readouterr().err
     assert 'bounding_box_train' in err and '.jpg' in err and 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_train_channels_last_and_compiled_blocks(market, tmp_path):
+    "`iaunet train --channels-last --compile iau` trains, records both in config.json, and bad values fail up front."
+    out = tmp_path/'cl'
+    assert train_cli(**_kw(market), channels_last=True, compile='iau', out=str(out)) == 0
+    cfg = json.loads((out/'config.json').read_text())['options']
+    assert cfg['channels_last'] is True and cfg['compile'] == 'iau'
+    assert json.loads((out/'metrics.json').read_text())['mAP'] >= 0
+    assert cli_main(['train', '--dataset', 'market1501', '--root', str(market), '--out', str(tmp_path/'x'), '--compile', 'all']) == 1
+    with pytest.raises(ReIDInputError, match='--baseline has none'):
+        train_cli(**_kw(market), baseline=True, compile='iau', out=str(tmp_path/'y'))
+    assert not (tmp_path/'x').exists() and not (tmp_path/'y').exists()       # refused before anything was written
