@@ -74,6 +74,15 @@ def loader_ips(dls, n, device):
     sync(device)
     return k / (time.perf_counter() - t)
 
+def epoch_start_s(dls, device, n=3):
+    """Seconds from starting an epoch of `dls.train` to its first batch on the device (fastai starts new loader workers
+    every epoch), median of `n`."""
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter(); it = iter(dls.train); next(it); sync(device); ts.append(time.perf_counter() - t)
+        del it
+    return sorted(ts)[len(ts) // 2]
+
 def learner(dls, args, baseline, compile=False):
     kw = dict(compile=compile) if compile else {}
     learn = iaunet_learner(dls, args.arch, pretrained=False, iau_stages=() if baseline else (2, 3), **kw)
@@ -180,6 +189,10 @@ def main(argv=None):
     t0 = time.time()
     ld = loader_ips(dls, steps, device)
     print(f'loader: {ld:.0f} img/s', flush=True)
+    es = epoch_start_s(dls, device)
+    notes.append(f'a new training epoch delivers its first batch after {es:.2f} s ({args.workers} loader workers started, '
+                 f'first batches decoded), {len(dls.train)} batches per epoch of this world')
+    print(notes[-1], flush=True)
     batches = fixed_batches(dls, 4, args)
     for v in args.variants.split(','):
         r = rows[v] = {'loader': ld}
