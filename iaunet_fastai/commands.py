@@ -389,7 +389,7 @@ def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, l
         cbs.append(TensorBoardCallback(log_dir=out/'tensorboard', trace_model=False, log_preds=False))   # no classifier pictures
     except ImportError: pass
     try:
-        with learn.no_bar(), _distrib(learn):
+        with (contextlib.nullcontext() if sys.stdout.isatty() else learn.no_bar()), _distrib(learn):   # live bars in a terminal only
             if start >= epochs: pass
             elif schedule == 'paper': learn.fit_paper(epochs, lr=lr, cbs=cbs, start_epoch=start)
             elif schedule == 'fine_tune': learn.fine_tune(epochs, base_lr=lr, cbs=cbs)
