@@ -359,6 +359,7 @@ def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, l
     dataset = _resolve_dataset(dataset, root)
     gallery, protocol = mars_gallery(dataset, video, mars_protocol)
     seed_everything(seed)
+    if torch.cuda.is_available(): torch.backends.cudnn.benchmark = True   # P×K batches have one size: cuDNN times its kernels once
     df = dataset_df(dataset, root, video)
     opts = dict(dataset=dataset, root=str(Path(root).expanduser().resolve()) if root else None, video=video, arch=arch,
                 pretrained=pretrained, baseline=baseline, epochs=epochs, schedule=schedule, lr=lr, size=size, pk=pk,
