@@ -63,21 +63,22 @@ class PartMaskLoss(nn.Module):
         "One-hot part targets `[B, K, H, W]` float and the per-sample validity `[B]` bool."
         if m.ndim == 4: m = m.flatten(0, 1)
         if m.ndim != 3: raise ReIDInputError(f"part mask target must be [B, H, W] or [B, T, H, W], got {tuple(m.shape)}")
-        m = m.long()
-        valid = ~(m == self.ignore_index).flatten(1).all(1)
-        tgt = torch.stack([(m == k + 1) for k in range(K)], 1).float()
+        valid = (m != self.ignore_index).flatten(1).any(1)
+        parts = torch.arange(1, K + 1, device=m.device, dtype=m.dtype).view(1, K, 1, 1)
+        tgt = (m[:, None] == parts).float()                          # one comparison for the K one-hot maps
         return tgt, valid
 
     def forward(self, part_logits, m):
         if not part_logits: return torch.zeros((), device=m.device)
         tgt, valid = self.targets(m, part_logits[0].shape[1])
+        w = valid / valid.sum().clamp_min(1)                              # mean over maps with a target, no host sync
         losses = []
         for lg in part_logits:
             if lg.shape[0] != tgt.shape[0]:
                 raise ReIDInputError(f"part mask target has {tgt.shape[0]} maps but the model predicted {lg.shape[0]}")
             t = F.interpolate(tgt, size=lg.shape[-2:], mode='bilinear', align_corners=self.align_corners)
             per = F.binary_cross_entropy_with_logits(lg.float(), t, reduction='none').mean((1, 2, 3))   # [B] per map
-            losses.append((per * valid).sum() / valid.sum().clamp_min(1))     # mean over maps with a target, no host sync
+            losses.append((per * w).sum())                                 # not `per @ w`: autocast would make it bf16
         return torch.stack(losses).mean()
 
 # %% ../nbs/07_losses.ipynb #a445abe7
