@@ -187,14 +187,19 @@ def _smooth_state(learn):
     sl = getattr(getattr(learn, 'recorder', None), 'smooth_loss', None)
     return None if sl is None else [int(sl.count), float(sl.val)]
 
-def save_checkpoint(learn, fname, epoch):
-    "Write a resumable checkpoint of `learn` after `epoch` to `fname`, atomically."
+def save_checkpoint(learn, fname, epoch, partial=None):
+    """Write a resumable checkpoint of `learn` after `epoch` to `fname`, atomically. `partial` (from `TrainCheckpoint`
+    when a signal stops a run inside an epoch) records how far the next epoch got: its number, the batches done, the
+    sampler epoch to redraw and the epoch's loss-term sums."""
     opt = _plain(learn.opt.state_dict())   # weights-only loadable: no numpy scalars, no fastcore `L`
     ck = dict(epoch=int(epoch), model=learn.model.state_dict(), opt=opt, rng=_rng_state(),
               sampler_epoch=getattr(learn.dls.train, '_epoch', None),
-              augment=[a.rng.bit_generator.state for a in _augments(learn)], smooth_loss=_smooth_state(learn))
+              augment=[a.rng.bit_generator.state for a in _augments(learn)], smooth_loss=_smooth_state(learn),
+              partial=partial)
     with atomic_path(fname) as tmp: torch.save(ck, tmp)
     return fname
+
+def _loss_terms(learn): return next((cb for cb in learn.cbs if type(cb).__name__ == 'LossTerms'), None)
 
 def resume_checkpoint(learn, fname) -> int:
     "Load a `save_checkpoint` file into `learn` (model, optimizer, RNG and sampler states); returns the epoch to start at."
@@ -216,22 +221,47 @@ def resume_checkpoint(learn, fname) -> int:
     if ck.get('sampler_epoch') is not None: learn.dls.train._epoch = ck['sampler_epoch']
     for a, s in zip(_augments(learn), ck.get('augment', [])): a.rng.bit_generator.state = s
     learn._resume_smooth_loss = ck.get('smooth_loss')   # the Recorder resets it in before_fit: `TrainCheckpoint` puts it back
-    return ck['epoch'] + 1
+    p = learn._resume_partial = ck.get('partial')
+    if not p: return ck['epoch'] + 1
+    learn.dls.train._epoch, learn.dls.train._skip_batches = p['sampler_epoch'], p['batches']   # redraw it, skip what was done
+    return p['epoch']
 
 class TrainCheckpoint(Callback):
-    "Write `fname` (`save_checkpoint`) after every trained epoch (epochs before `start_epoch` were skipped by a resume)."
-    order = 90   # after the Recorder (50): the epoch's metrics are computed
-    def __init__(self, fname, start_epoch=0): store_attr()
+    """Write `fname` (`save_checkpoint`) after every trained epoch (epochs before `start_epoch` were skipped by a
+    resume), and after the batch at which `StopOnSignal` stops a run inside an epoch (one process only: under
+    distributed training an interrupted epoch is redone)."""
+    order = 90   # after the Recorder (50) and `LossTerms` (60): the epoch's metrics are computed
+    def __init__(self, fname, start_epoch=0): store_attr(); self._skipped = 0
     def before_train(self):
+        self._skipped = 0
         sm = getattr(self.learn, '_resume_smooth_loss', None)
         if sm and self.epoch == self.start_epoch and hasattr(self.learn, 'recorder'):   # the train_loss column continues too
             sl = self.recorder.smooth_loss; sl.count, sl.val = sm[0], torch.tensor(sm[1])
+            self.learn.smooth_loss = sl.value           # as after a batch (an epoch stopped after its last batch has none left)
+        p = getattr(self.learn, '_resume_partial', None)
+        if p and self.epoch == p['epoch']:          # the epoch a signal stopped: continue after its last finished batch
+            self._skipped = p['batches']
+            for _ in range(p['batches']): self.learn.pct_train += 1. / (len(self.dls.train) * self.n_epoch)   # as fastai adds it
+            lt = _loss_terms(self.learn)
+            if lt is not None and p.get('loss_terms') is not None:
+                lt._acc, lt.count = torch.tensor(p['loss_terms'], device=self.dls.device), p['count']
+            self.learn._resume_partial = None
+    def after_batch(self):
+        stop = getattr(self.learn, 'stop_on_signal', None)
+        if not (self.training and stop is not None and stop.signal is not None and self.epoch >= self.start_epoch): return
+        from fastai.torch_core import num_distrib
+        if num_distrib() > 1: return
+        lt = _loss_terms(self.learn)
+        acc = None if lt is None or lt._acc is None else [float(v) for v in lt._acc]
+        partial = dict(epoch=int(self.epoch), batches=self._skipped + self.iter + 1,
+                       sampler_epoch=int(self.dls.train._epoch) - 1, loss_terms=acc, count=0 if lt is None else lt.count)
+        save_checkpoint(self.learn, self.fname, self.epoch - 1, partial)
     def after_epoch(self):
         if self.epoch >= self.start_epoch: save_checkpoint(self.learn, self.fname, self.epoch)
 
 class StopOnSignal(Callback):
     "On SIGINT/SIGTERM finish the current training batch (or validation), then stop the fit; `.signal` is what stopped it."
-    order = 95   # after `TrainCheckpoint`: an epoch whose training is done is saved first
+    order = 95   # after `TrainCheckpoint`: the batch (or the epoch whose training is done) is saved first
     def __init__(self, signals=(signal.SIGINT, signal.SIGTERM)): self.signals, self.signal, self._old = signals, None, {}
     def _handler(self, signum, frame):
         if self.signal is not None: raise KeyboardInterrupt   # a second signal: stop at once
@@ -380,8 +410,9 @@ def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, l
     if channels_last: learn = learn.to_channelslast(use_amp=False)
     if precision != 'fp32': learn = learn.to_bf16() if precision == 'bf16' else learn.to_fp16()
     start = resume_checkpoint(learn, out/'checkpoint.pth') if resume else 0
+    done = (getattr(learn, '_resume_partial', None) or {}).get('batches', 0)
     if start >= epochs: print(f"the run in '{out}' finished all {epochs} epochs; writing its results")
-    elif start: print(f"resuming '{out}' at epoch {start} of {epochs}")
+    elif start or done: print(f"resuming '{out}' at epoch {start} of {epochs}" + (f", after its batch {done}" if done else ''))
     stop = StopOnSignal()
     cbs = [TrainCheckpoint(out/'checkpoint.pth', start), RunCSVLogger(out/'history.csv', append=True, start_epoch=start), stop]
     try:
@@ -400,7 +431,7 @@ def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, l
         if err is None: raise
         raise err from None
     if stop.signal is not None:
-        print(f"stopped by {signal.Signals(stop.signal).name}: the checkpoint of the last finished epoch is in "
+        print(f"stopped by {signal.Signals(stop.signal).name}: the run's state after its last finished batch is in "
               f"'{out/'checkpoint.pth'}'; `iaunet train --resume --out {out}` continues the run", file=sys.stderr)
         return 128 + int(stop.signal)
     return _finish(learn, out, protocol)

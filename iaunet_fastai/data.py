@@ -382,7 +382,8 @@ class PKDataLoader(_AsyncToDevice, _ShowMixin, TfmdDL):
         self._epoch += 1
         idxs = pk_indices(self.groups, self.P, self.K, rng)[:self.n_batches*self.P*self.K]
         if getattr(self.dataset, 'video', False): idxs = [self.dataset.sample_spec(i, rng) for i in idxs]
-        return idxs
+        skip = self.__dict__.pop('_skip_batches', 0)          # a resumed epoch: its first batches were trained already
+        return idxs[skip*self.P*self.K:]
 
     def new(self, dataset=None, cls=None, **kwargs):
         "A copy (fastai's `new`); `bs=` is honoured as `P = bs // K` when `K` divides it, refused otherwise."

@@ -360,3 +360,29 @@ def test_train_channels_last_and_compiled_blocks(market, tmp_path):
     with pytest.raises(ReIDInputError, match='--baseline has none'):
         train_cli(**_kw(market), baseline=True, compile='iau', out=str(tmp_path/'y'))
     assert not (tmp_path/'x').exists() and not (tmp_path/'y').exists()       # refused before anything was written
+
+
+def test_interrupted_inside_an_epoch_resumes_from_that_batch(market, tmp_path, monkeypatch):
+    "SIGINT at batch 3 of epoch 1: the checkpoint holds that batch; --resume gives the uninterrupted run's weights and table."
+    from iaunet_fastai import commands
+    kw = _kw(market, epochs=2, pk='2x2')                      # 4 batches per epoch of the tiny world
+    assert train_cli(**kw, out=str(tmp_path/'straight')) == 0
+    orig = commands.TrainCheckpoint.after_batch
+    def kick(self):
+        if self.training and self.epoch == 1 and self.iter == 2 and not getattr(self, '_kicked', False):
+            self._kicked = True; os.kill(os.getpid(), signal.SIGINT)
+        return orig(self)
+    monkeypatch.setattr(commands.TrainCheckpoint, 'after_batch', kick)
+    out = tmp_path/'interrupted'
+    assert train_cli(**kw, out=str(out)) == 130
+    monkeypatch.undo()
+    ck = torch.load(out/'checkpoint.pth', weights_only=True)
+    assert ck['epoch'] == 0 and ck['partial']['epoch'] == 1 and ck['partial']['batches'] == 3
+    assert list(pd.read_csv(out/'history.csv').epoch) == [0]
+    assert train_cli(out=str(out), resume=True) == 0
+    a = torch.load(tmp_path/'straight'/'model.pth', weights_only=True)['model']
+    b = torch.load(out/'model.pth', weights_only=True)['model']
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ha, hb = pd.read_csv(tmp_path/'straight'/'history.csv'), pd.read_csv(out/'history.csv')
+    assert list(hb.epoch) == [0, 1]
+    np.testing.assert_allclose(ha.drop(columns='time').values, hb.drop(columns='time').values)
