@@ -223,7 +223,15 @@ def resume_checkpoint(learn, fname) -> int:
     learn._resume_smooth_loss = ck.get('smooth_loss')   # the Recorder resets it in before_fit: `TrainCheckpoint` puts it back
     p = learn._resume_partial = ck.get('partial')
     if not p: return ck['epoch'] + 1
+    from fastai.torch_core import num_distrib
+    if num_distrib() > 1:       # fastai's DistributedDL splits the remaining samples, not batches: redo the epoch
+        warnings.warn(f"'{fname}' stopped inside epoch {p['epoch']} of a one-process run; under {num_distrib()} processes "
+                      "that epoch restarts from its first batch")
+        learn._resume_partial = None
+        learn.dls.train._epoch = p['sampler_epoch']
+        return p['epoch']
     learn.dls.train._epoch, learn.dls.train._skip_batches = p['sampler_epoch'], p['batches']   # redraw it, skip what was done
+    p['batch_torch_rng'] = ck['rng']['torch']   # the generator after the last batch done (see `TrainCheckpoint`)
     return p['epoch']
 
 class TrainCheckpoint(Callback):
@@ -231,9 +239,9 @@ class TrainCheckpoint(Callback):
     resume), and after the batch at which `StopOnSignal` stops a run inside an epoch (one process only: under
     distributed training an interrupted epoch is redone)."""
     order = 90   # after the Recorder (50) and `LossTerms` (60): the epoch's metrics are computed
-    def __init__(self, fname, start_epoch=0): store_attr(); self._skipped = 0
+    def __init__(self, fname, start_epoch=0): store_attr(); self._skipped, self._epoch_rng, self._batch_rng = 0, None, None
     def before_train(self):
-        self._skipped = 0
+        self._skipped, self._epoch_rng = 0, torch.get_rng_state()   # before the loader's iterator draws its base seed
         sm = getattr(self.learn, '_resume_smooth_loss', None)
         if sm and self.epoch == self.start_epoch and hasattr(self.learn, 'recorder'):   # the train_loss column continues too
             sl = self.recorder.smooth_loss; sl.count, sl.val = sm[0], torch.tensor(sm[1])
@@ -241,11 +249,16 @@ class TrainCheckpoint(Callback):
         p = getattr(self.learn, '_resume_partial', None)
         if p and self.epoch == p['epoch']:          # the epoch a signal stopped: continue after its last finished batch
             self._skipped = p['batches']
+            if p.get('epoch_torch_rng') is not None:   # the iterator draws its seed as at the epoch's start, then the batches
+                torch.set_rng_state(p['epoch_torch_rng']); self._batch_rng = p.get('batch_torch_rng')
+                self._epoch_rng = p['epoch_torch_rng']
             for _ in range(p['batches']): self.learn.pct_train += 1. / (len(self.dls.train) * self.n_epoch)   # as fastai adds it
             lt = _loss_terms(self.learn)
             if lt is not None and p.get('loss_terms') is not None:
                 lt._acc, lt.count = torch.tensor(p['loss_terms'], device=self.dls.device), p['count']
             self.learn._resume_partial = None
+    def before_batch(self):
+        if self._batch_rng is not None and self.training: torch.set_rng_state(self._batch_rng); self._batch_rng = None
     def after_batch(self):
         stop = getattr(self.learn, 'stop_on_signal', None)
         if not (self.training and stop is not None and stop.signal is not None and self.epoch >= self.start_epoch): return
@@ -254,7 +267,8 @@ class TrainCheckpoint(Callback):
         lt = _loss_terms(self.learn)
         acc = None if lt is None or lt._acc is None else [float(v) for v in lt._acc]
         partial = dict(epoch=int(self.epoch), batches=self._skipped + self.iter + 1,
-                       sampler_epoch=int(self.dls.train._epoch) - 1, loss_terms=acc, count=0 if lt is None else lt.count)
+                       sampler_epoch=int(self.dls.train._epoch) - 1, loss_terms=acc, count=0 if lt is None else lt.count,
+                       epoch_torch_rng=self._epoch_rng)
         save_checkpoint(self.learn, self.fname, self.epoch - 1, partial)
     def after_epoch(self):
         if self.epoch >= self.start_epoch: save_checkpoint(self.learn, self.fname, self.epoch)

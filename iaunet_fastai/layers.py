@@ -195,6 +195,7 @@ class SIAU(nn.Module):
         self.update = conv_bn(2*(C//2), C, nd=2, zero_bn=True)
         self.register_buffer('allowed', ~torch.eye(parts, dtype=torch.bool), persistent=False)
         self.isolated = parts < 2                                  # a lone part has no neighbour (known here, not on the device)
+    isolated = None                                                # models pickled before it existed: checked on the device
 
     def forward(self, z):
         B, C, H, W = z.shape
@@ -259,9 +260,14 @@ class STIAU(nn.Module):
     def edge_mask(self, T, device):
         "`stiau_edge_mask(K, T)` on `device`, made and copied once per clip length (a copy per batch would be a host wait)."
         if torch.compiler.is_compiling(): return stiau_edge_mask(self.K, T).to(device)   # traced: a constant of the graph
-        key = (T, str(device))
-        if key not in self._edge_masks: self._edge_masks[key] = stiau_edge_mask(self.K, T).to(device)
-        return self._edge_masks[key]
+        cache = self.__dict__.setdefault('_edge_masks', {})     # (models pickled before the cache existed have none)
+        m = cache.get(T)
+        if m is None or m.device != torch.device(device): m = cache[T] = stiau_edge_mask(self.K, T).to(device)
+        return m
+
+    def __getstate__(self):
+        state = super().__getstate__(); state['_edge_masks'] = {}   # a cache: not saved (a loaded model may move)
+        return state
 
     def forward(self, z):
         B, C, T, H, W = z.shape

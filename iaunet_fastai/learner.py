@@ -121,11 +121,12 @@ def __call__(self:ReIDLearner, event_name):
     if not (isinstance(event_name, str) and event_name in _inner_loop): return Learner.__call__(self, event_name)
     key = (event_name, tuple(map(id, self.cbs)))
     cache = self.__dict__.setdefault('_event_cbs', {})
-    cbs = cache.get(key)
-    if cbs is None:
+    hit = cache.get(key)
+    if hit is None:
         if len(cache) > 256: cache.clear()
-        cbs = cache[key] = [cb for cb in self.cbs.sorted('order') if _defines(cb, event_name)]
-    for cb in cbs: cb(event_name)
+        # the entry keeps every callback of the key alive, so no id in a live key can be reused by a new callback
+        hit = cache[key] = (tuple(self.cbs), [cb for cb in self.cbs.sorted('order') if _defines(cb, event_name)])
+    for cb in hit[1]: cb(event_name)
 
 @patch
 def __getstate__(self:ReIDLearner):
@@ -215,6 +216,7 @@ def iaunet_learner(dls, arch='resnet50', pretrained=True, video=None, iau_stages
     `gallery='all'` puts the queries into the gallery too (the MARS official protocol). `compile=True` (or a dict of
     `torch.compile` options) compiles the model in place (`nn.Module.compile`: state-dict keys and model files unchanged),
     `compile='iau'` only its IAU blocks (`compile_iau_blocks`: seconds to compile, the blocks' small kernels fused)."""
+    if compile is None: compile = False
     if not (isinstance(compile, (bool, dict)) or compile == 'iau'):
         raise ReIDInputError(f"compile must be False, True, 'iau' or a dict of torch.compile options, got {compile!r}")
     dls = as_reid_dls(dls)

@@ -63,6 +63,7 @@ class PartMaskLoss(nn.Module):
         "One-hot part targets `[B, K, H, W]` float and the per-sample validity `[B]` bool."
         if m.ndim == 4: m = m.flatten(0, 1)
         if m.ndim != 3: raise ReIDInputError(f"part mask target must be [B, H, W] or [B, T, H, W], got {tuple(m.shape)}")
+        if not (m.dtype == torch.long or (m.dtype == torch.uint8 and 0 <= self.ignore_index <= 255)): m = m.long()
         valid = (m != self.ignore_index).flatten(1).any(1)
         parts = torch.arange(1, K + 1, device=m.device, dtype=m.dtype).view(1, K, 1, 1)
         tgt = (m[:, None] == parts).float()                          # one comparison for the K one-hot maps

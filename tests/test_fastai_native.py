@@ -286,3 +286,27 @@ def test_to_channelslast_trains_images_and_clips(world, kind):
     w = learn.model.backbone.conv1.weight
     assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
     assert all(math.isfinite(v) for v in learn.recorder.values[-1][:2])
+
+
+def test_event_dispatch_cache_never_skips_a_new_callback():
+    "A callback freed after a fit cannot lend its `id` to a new one while the dispatch cache holds it (review finding)."
+    import torch.nn as nn
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.callback.core import Callback
+    from iaunet_fastai.interpret import ReIDLearner
+    ds = list(zip(torch.randn(16, 3), torch.randn(16, 1)))
+    learn = ReIDLearner(DataLoaders(DataLoader(ds, bs=4), DataLoader(ds, bs=4)), nn.Linear(3, 1), loss_func=nn.MSELoss())
+    class Quiet(Callback):                                  # no per-batch event
+        def before_fit(self): pass
+    class Counter(Callback):
+        def __init__(self): self.n = 0
+        def after_batch(self): self.n += 1
+    for _ in range(10):
+        q = Quiet(); learn.add_cb(q)
+        with learn.no_bar(), learn.no_logging(): learn.fit(1)
+        learn.remove_cb(q); del q
+        c = Counter(); learn.add_cb(c)
+        with learn.no_bar(), learn.no_logging(): learn.fit(1)
+        learn.remove_cb(c)
+        assert c.n == 8                                      # 4 training + 4 validation batches

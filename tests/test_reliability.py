@@ -363,23 +363,31 @@ def test_train_channels_last_and_compiled_blocks(market, tmp_path):
 
 
 def test_interrupted_inside_an_epoch_resumes_from_that_batch(market, tmp_path, monkeypatch):
-    "SIGINT at batch 3 of epoch 1: the checkpoint holds that batch; --resume gives the uninterrupted run's weights and table."
+    """SIGINT at batch 3 of epoch 1: the checkpoint holds that batch; --resume gives the uninterrupted run's weights and
+    table, and torch's generator at each later batch is the uninterrupted run's (dropout would draw the same masks)."""
     from iaunet_fastai import commands
     kw = _kw(market, epochs=2, pk='2x2')                      # 4 batches per epoch of the tiny world
+    rng, run = {}, ['straight']
+    orig_bb, orig_ab = commands.TrainCheckpoint.before_batch, commands.TrainCheckpoint.after_batch
+    def record(self):
+        orig_bb(self)
+        if self.training: rng.setdefault(run[0], {})[(self.epoch, self._skipped + self.iter)] = torch.get_rng_state().clone()
+    monkeypatch.setattr(commands.TrainCheckpoint, 'before_batch', record)
     assert train_cli(**kw, out=str(tmp_path/'straight')) == 0
-    orig = commands.TrainCheckpoint.after_batch
     def kick(self):
         if self.training and self.epoch == 1 and self.iter == 2 and not getattr(self, '_kicked', False):
             self._kicked = True; os.kill(os.getpid(), signal.SIGINT)
-        return orig(self)
+        return orig_ab(self)
     monkeypatch.setattr(commands.TrainCheckpoint, 'after_batch', kick)
-    out = tmp_path/'interrupted'
+    out, run[0] = tmp_path/'interrupted', 'interrupted'
     assert train_cli(**kw, out=str(out)) == 130
-    monkeypatch.undo()
+    monkeypatch.setattr(commands.TrainCheckpoint, 'after_batch', orig_ab)
     ck = torch.load(out/'checkpoint.pth', weights_only=True)
     assert ck['epoch'] == 0 and ck['partial']['epoch'] == 1 and ck['partial']['batches'] == 3
     assert list(pd.read_csv(out/'history.csv').epoch) == [0]
+    run[0] = 'resumed'
     assert train_cli(out=str(out), resume=True) == 0
+    assert set(rng['resumed']) == {(1, 3)} and torch.equal(rng['resumed'][(1, 3)], rng['straight'][(1, 3)])
     a = torch.load(tmp_path/'straight'/'model.pth', weights_only=True)['model']
     b = torch.load(out/'model.pth', weights_only=True)['model']
     assert all(torch.equal(a[k], b[k]) for k in a)
