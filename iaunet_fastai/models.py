@@ -284,11 +284,16 @@ class VideoIAUnet(_ReIDNet):
         return self.neck(f.mean((2, 3)).view(B, T, -1).mean(1), parts)
 
 # %% ../nbs/06_models.ipynb #45ed1168
-def compile_iau_blocks(model:nn.Module, **compile_kwargs) -> nn.Module:
+def compile_iau_blocks(model:nn.Module, allow_tf32:bool=True, **compile_kwargs) -> nn.Module:
     """Compile the training forward (and so backward) of every IAU block of `model` in place with
     `torch.compile(**compile_kwargs)` (`CompilableBlock.compile_training`; evaluation stays eager); returns `model`.
     Shapes are static by default (`dynamic=False`): the blocks of one model share their code but not their shapes, and
-    a dynamic-shape compile of channels_last maps fails in some PyTorch versions (2.14's Inductor)."""
+    a dynamic-shape compile of channels_last maps fails in some PyTorch versions (2.14's Inductor).
+    A compiled block's products follow PyTorch's global matmul precision, so with `allow_tf32` (and CUDA, and
+    `CIAU.matmul_precision == 'tf32'`, the default) this sets `torch.backends.cuda.matmul.allow_tf32 = True`: the TF32
+    products the eager blocks use, for the whole process (fp32 matmuls elsewhere too; under bf16 autocast there are few)."""
+    if allow_tf32 and torch.cuda.is_available() and CIAU.matmul_precision == 'tf32':
+        torch.backends.cuda.matmul.allow_tf32 = True
     for b in model.modules():
         if isinstance(b, CompilableBlock): b.compile_training(**compile_kwargs)
     return model
