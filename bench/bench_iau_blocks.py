@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from iaunet_fastai.core import seed_everything
 from iaunet_fastai.layers import IAUBlock, CIAU, fp32_region, MATMUL_PRECISIONS
 from iaunet_fastai.models import IAUnet, compile_iau_blocks
-from bench_loop import NO_KERNEL
+from bench_loop import OpCounter
 
 class PreviousCIAU(CIAU):
     "The CIAU of commit 0e5f684: casts the map to a contiguous fp32 [B, C, HW] copy and multiplies in fp32."
@@ -88,14 +88,8 @@ def kernels(b, x, device):
         with profile(activities=[ProfilerActivity.CUDA]) as p: step(); sync(device)
         return sum(1 for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA)
     if getattr(b, 'compiled', False): return None      # a dispatch mode does not see inside compiled code
-    from torch.utils._python_dispatch import TorchDispatchMode
-    class Count(TorchDispatchMode):
-        n = 0
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket.__name__.rstrip('_') not in NO_KERNEL: Count.n += 1
-            return func(*args, **(kwargs or {}))
-    with Count(): step()
-    return Count.n - 4          # less the test loss's own ops (square, mean, mean, add) in the forward
+    with OpCounter() as c: step()
+    return sum(c.kernels.values()) - 4          # less the test loss's own ops (square, mean, mean, add) in the forward
 
 def rel(a, r): return ((a - r).abs().max() / r.abs().max()).item(), ((a - r).abs().mean() / r.abs().mean()).item()
 

@@ -14,23 +14,9 @@ import argparse, collections, datetime, platform, subprocess, sys
 from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1])); sys.path.insert(0, str(Path(__file__).resolve().parent))
-from torch.utils._python_dispatch import TorchDispatchMode
-from bench_loop import NO_KERNEL
+from bench_loop import OpCounter
 from iaunet_fastai.models import IAUnet, VideoIAUnet
 from iaunet_fastai.losses import ReIDLoss
-
-class Count(TorchDispatchMode):
-    def __init__(self): super().__init__(); self.kernels, self.views = collections.Counter(), 0
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        n = func.overloadpacket.__name__
-        if n.rstrip('_') in NO_KERNEL: self.views += 1
-        else: self.kernels[n] += 1
-        return func(*args, **(kwargs or {}))
-
-def channels_last(model):
-    "channels_last weights (channels_last_3d for a clip block's 5-D ones), as `VideoIAUnet.to` does since it can."
-    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}
-    return model._apply(lambda t: t.to(memory_format=fmt[t.dim()]) if t.dim() in fmt else t)
 
 def step_counts(model, x, y, m):
     "(kernels, views, casts, products) of one forward + loss + backward (after one warm-up step)."
@@ -41,9 +27,9 @@ def step_counts(model, x, y, m):
         loss.backward()
         model.zero_grad(set_to_none=True)       # as fastai's OptimWrapper between steps: no gradient accumulation ops
     step()
-    with Count() as c: step()
+    with OpCounter() as c: step()
     k = c.kernels
-    return sum(k.values()), c.views, k['_to_copy'], k['bmm'] + k['mm'] + k['addmm']
+    return sum(k.values()), sum(c.views.values()), k['_to_copy'], k['bmm'] + k['mm'] + k['addmm']
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -60,7 +46,7 @@ def main(argv=None):
         for name, st in (('baseline', ()), ('IAUnet', (2, 3))):
             mk = (lambda: VideoIAUnet(args.arch, 10, seq_len=4, pretrained=False, iau_stages=st)) if kind != 'images' else \
                  (lambda: IAUnet(args.arch, 10, pretrained=False, iau_stages=st))
-            model = channels_last(mk()).train()
+            model = mk().to(memory_format=cl).train()   # VideoIAUnet: channels_last_3d for its 5-D weights
             res[name] = step_counts(model, *data)
             print(kind, name, res[name], flush=True)
         rows.append((kind, res))

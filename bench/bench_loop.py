@@ -39,11 +39,14 @@ class _Phase:
     @property
     def now(self): return self.stack[-1]
 
-class OpCount(TorchDispatchMode):
-    def __init__(self, phase): super().__init__(); self.phase, self.c = phase, collections.Counter()
+class OpCounter(TorchDispatchMode):
+    """Ops dispatched while active: `kernels` and `views` counters by op name, or by `key()` when given (e.g. the part
+    of the batch). The bench scripts and `tests/test_perf.py` count with it."""
+    def __init__(self, key=None): super().__init__(); self.key, self.kernels, self.views = key, collections.Counter(), collections.Counter()
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
-        self.c[(self.phase.now, 'view' if name.rstrip('_') in NO_KERNEL else 'kernel')] += 1
+        k = self.key() if self.key else name
+        (self.views if name.rstrip('_') in NO_KERNEL else self.kernels)[k] += 1
         return func(*args, **(kwargs or {}))
 
 class Probe(Callback):
@@ -101,7 +104,7 @@ def run(learn, warmup, steps, count=False):
     learn.__class__ = type('Timed' + type(learn).__name__, (type(learn),), {'__call__': lambda self, e: self.__dict__['__call__'](e)})
     n_epoch = -(-(warmup + steps) // len(learn.dls.train)) + 1
     probe = Probe(warmup, steps, rec)
-    oc = OpCount(phase) if count else None
+    oc = OpCounter(key=lambda: phase.now) if count else None
     with learn.no_bar(), learn.no_logging():
         if oc is None: learn.fit(n_epoch, 3.5e-4, cbs=probe)
         else:
@@ -113,7 +116,8 @@ def summarise(batches, oc, steps, counted_batches):
     med = {k: statistics.median(b.get(k, 0.) for b in batches) * 1e3 for k in keys}
     ops = collections.Counter()
     if oc is not None:
-        for (ph, kind), n in oc.c.items(): ops[(ph, kind)] += n
+        for kind, c in (('kernel', oc.kernels), ('view', oc.views)):
+            for ph, n in c.items(): ops[(ph, kind)] += n
     return med, {k: v / counted_batches for k, v in ops.items()}
 
 def main(argv=None):

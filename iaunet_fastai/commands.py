@@ -199,8 +199,6 @@ def save_checkpoint(learn, fname, epoch, partial=None):
     with atomic_path(fname) as tmp: torch.save(ck, tmp)
     return fname
 
-def _loss_terms(learn): return next((cb for cb in learn.cbs if type(cb).__name__ == 'LossTerms'), None)
-
 def resume_checkpoint(learn, fname) -> int:
     "Load a `save_checkpoint` file into `learn` (model, optimizer, RNG and sampler states); returns the epoch to start at."
     ck = load_weights(fname)
@@ -253,7 +251,7 @@ class TrainCheckpoint(Callback):
                 torch.set_rng_state(p['epoch_torch_rng']); self._batch_rng = p.get('batch_torch_rng')
                 self._epoch_rng = p['epoch_torch_rng']
             for _ in range(p['batches']): self.learn.pct_train += 1. / (len(self.dls.train) * self.n_epoch)   # as fastai adds it
-            lt = _loss_terms(self.learn)
+            lt = getattr(self.learn, 'loss_terms', None)
             if lt is not None and p.get('loss_terms') is not None:
                 lt._acc, lt.count = torch.tensor(p['loss_terms'], device=self.dls.device), p['count']
             self.learn._resume_partial = None
@@ -264,7 +262,7 @@ class TrainCheckpoint(Callback):
         if not (self.training and stop is not None and stop.signal is not None and self.epoch >= self.start_epoch): return
         from fastai.torch_core import num_distrib
         if num_distrib() > 1: return
-        lt = _loss_terms(self.learn)
+        lt = getattr(self.learn, 'loss_terms', None)
         acc = None if lt is None or lt._acc is None else [float(v) for v in lt._acc]
         partial = dict(epoch=int(self.epoch), batches=self._skipped + self.iter + 1,
                        sampler_epoch=int(self.dls.train._epoch) - 1, loss_terms=acc, count=0 if lt is None else lt.count,

@@ -44,13 +44,16 @@ class TripletLoss(nn.Module):
         super().__init__()
         if metric not in ('cosine', 'euclidean'): raise ReIDInputError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
         self.margin, self.metric = margin, metric
-    def forward(self, feat, y):
+    def per_anchor(self, feat, y):
+        "Per-anchor losses `[B]` (0 where the batch has no negative) and which anchors have one `[B]` bool."
         d = batch_distance(feat, self.metric)
         same = y[:, None] == y[None]
         d_ap = d.masked_fill(~same, float('-inf')).amax(1)            # farthest positive (self at distance 0)
         d_an = d.masked_fill(same, float('inf')).amin(1)              # closest negative
         ok = torch.isfinite(d_an)                                     # anchors with a negative in the batch
-        l = torch.where(ok, F.relu(d_ap - d_an + self.margin), torch.zeros_like(d_ap))
+        return torch.where(ok, F.relu(d_ap - d_an + self.margin), torch.zeros_like(d_ap)), ok
+    def forward(self, feat, y):
+        l, ok = self.per_anchor(feat, y)
         return l.sum() / ok.sum().clamp_min(1)                        # mean over those anchors, without a host sync
 
 # %% ../nbs/07_losses.ipynb #f6e26cc6
@@ -69,18 +72,22 @@ class PartMaskLoss(nn.Module):
         tgt = (m[:, None] == parts).float()                          # one comparison for the K one-hot maps
         return tgt, valid
 
-    def forward(self, part_logits, m):
-        if not part_logits: return torch.zeros((), device=m.device)
+    def per_map(self, part_logits, m):
+        "The BCE of every map `[B]` for each block's logits (a list), and which maps have a target `[B]` bool."
         tgt, valid = self.targets(m, part_logits[0].shape[1])
-        w = valid / valid.sum().clamp_min(1)                              # mean over maps with a target, no host sync
-        losses = []
+        out = []
         for lg in part_logits:
             if lg.shape[0] != tgt.shape[0]:
                 raise ReIDInputError(f"part mask target has {tgt.shape[0]} maps but the model predicted {lg.shape[0]}")
             t = F.interpolate(tgt, size=lg.shape[-2:], mode='bilinear', align_corners=self.align_corners)
-            per = F.binary_cross_entropy_with_logits(lg.float(), t, reduction='none').mean((1, 2, 3))   # [B] per map
-            losses.append((per * w).sum())                                 # not `per @ w`: autocast would make it bf16
-        return torch.stack(losses).mean()
+            out.append(F.binary_cross_entropy_with_logits(lg.float(), t, reduction='none').mean((1, 2, 3)))
+        return out, valid
+
+    def forward(self, part_logits, m):
+        if not part_logits: return torch.zeros((), device=m.device)
+        pers, valid = self.per_map(part_logits, m)
+        w = valid / valid.sum().clamp_min(1)                              # mean over maps with a target, no host sync
+        return torch.stack([(per * w).sum() for per in pers]).mean()    # not `per @ w`: autocast would make it bf16
 
 # %% ../nbs/07_losses.ipynb #a445abe7
 class ReIDLoss(nn.Module):
@@ -117,22 +124,13 @@ from fastcore.basics import patch
 @patch
 def item_losses(self:ReIDLoss, pred, y, m=None) -> torch.Tensor:
     "Per-item losses `[B]` with the weights of `forward` (what `reduction='none'` returns): triplet, CE, mask terms per item."
-    feat = pred if torch.is_tensor(pred) else pred[1]
-    d = batch_distance(feat, self.triplet_loss.metric)
-    same = y[:, None] == y[None]
-    d_ap = d.masked_fill(~same, float('-inf')).amax(1)
-    d_an = d.masked_fill(same, float('inf')).amin(1)
-    tri = torch.where(torch.isfinite(d_an), F.relu(d_ap - d_an + self.triplet_loss.margin), torch.zeros_like(d_ap))
+    tri = self.triplet_loss.per_anchor(pred if torch.is_tensor(pred) else pred[1], y)[0]
     if torch.is_tensor(pred): return tri
     logits, _, parts = pred
     ce = F.cross_entropy(logits.float(), y, label_smoothing=self.ce_loss.eps, reduction='none')
     out = self.ce_weight * ce + self.triplet_weight * tri
     if torch.is_tensor(m) and m.ndim >= 3 and parts:
-        tgt, valid = self.mask_loss.targets(m, parts[0].shape[1])
-        per = []
-        for lg in parts:
-            t = F.interpolate(tgt, size=lg.shape[-2:], mode='bilinear', align_corners=self.mask_loss.align_corners)
-            per.append(F.binary_cross_entropy_with_logits(lg.float(), t, reduction='none').mean((1, 2, 3)) * valid)
-        mk = torch.stack(per).mean(0).view(len(y), -1).mean(1)             # clips: mean over their frames
+        pers, valid = self.mask_loss.per_map(parts, m)
+        mk = (torch.stack(pers) * valid).mean(0).view(len(y), -1).mean(1)  # clips: mean over their frames
         out = out + self.mask_weight * mk
     return out

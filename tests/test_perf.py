@@ -57,20 +57,13 @@ def test_loss_and_loop_do_not_sync_per_batch():
     assert all(torch.is_tensor(v) for v in lf.terms.values())
 
 def dispatched_kernels(f):
-    "Non-view ops (each a kernel launch on a GPU) that `f()` dispatches, by name."
-    import collections, sys
+    "Non-view ops (each a kernel launch on a GPU) that `f()` dispatches, by name (`bench/bench_loop.py`'s counter)."
+    import sys
     from pathlib import Path
-    from torch.utils._python_dispatch import TorchDispatchMode
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]/'bench'))
-    from bench_loop import NO_KERNEL
-    class Count(TorchDispatchMode):
-        def __init__(self): super().__init__(); self.c = collections.Counter()
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            n = func.overloadpacket.__name__
-            if n.rstrip('_') not in NO_KERNEL: self.c[n] += 1
-            return func(*args, **(kwargs or {}))
-    with Count() as c: f()
-    return c.c
+    from bench_loop import OpCounter
+    with OpCounter() as c: f()
+    return c.kernels
 
 def test_iau_block_kernel_budget_bf16_channels_last():
     """On a GPU the IAU step is host-bound: each dispatched op is a launch. One forward + backward of a block under
