@@ -5,7 +5,7 @@
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ['synthetic', 'data', 'part_masks', 'schp', 'schp-cuda', 'models', 'models-cuda', 'train-cpu', 'train-cuda', 'loop-cpu', 'kernels', 'iau-blocks-cpu', 'iau-blocks-cuda', 'metrics', 'ablation', 'demo']
+ORDER = ['synthetic', 'data', 'part_masks', 'schp', 'schp-cuda', 'models', 'models-cuda', 'train-cpu', 'train-cuda', 'loop-cpu', 'workers-cpu', 'kernels', 'iau-blocks-cpu', 'iau-blocks-cuda', 'metrics', 'ablation', 'demo']
 
 def main():
     res = ROOT/'bench'/'results'

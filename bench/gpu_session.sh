@@ -26,7 +26,7 @@ run() { local t=$1; shift; echo "== $*"; timeout "$t" "$@" 2>&1 | grep -v "USDT\
 # Parts (each fits one 600 s device call; a session's 15 device-minutes hold about two, startup included):
 #   a  the pace: bench_train (loader / bare / loop) and bench_loop (host ms and kernels per batch by part)
 #   b  compilation: bench_iau_blocks --compile, then the loop with compile='iau' and compile=True
-#   c  the rest: bench_models, bench_schp, the accelerate smoke run
+#   c  the rest: bench_models, bench_schp, the accelerate smoke run, loader workers kept vs new (bench_workers)
 case "$PART" in a|all)
 run 270 python3 bench/bench_train.py --device cuda --amp --channels-last --workers "$W" --profile --out "$OUT/train-cuda.md"
 run 120 python3 bench/bench_loop.py --device cuda --amp --channels-last --arch resnet50 --size 256,128 --pk 16x4 --workers "$W" --preset medium --steps 30 --out "$OUT/loop-cuda.md"
@@ -39,5 +39,6 @@ case "$PART" in c|all)
 run 90  python3 bench/bench_models.py --device cuda --amp --iters 10 --out "$OUT/models-cuda.md"
 run 100 python3 bench/bench_schp.py --device cuda --n 256 --batch-size 32 --precision both --reps 5 --out "$OUT/schp-cuda.md"
 export PYTHON=python3 ACCELERATE=$(command -v accelerate); run 120 bash bench/gpu_smoke_accelerate.sh 1
+run 150 python3 bench/bench_workers.py --workers "$W" --epochs 3 --data /tmp/bench_workers_world --out "$OUT/workers-gpu-host.md"
 ;; esac
 ls -la "$OUT"

@@ -6,8 +6,8 @@ target, P×K identity sampling for training, ordered query/gallery loaders for e
 # %% auto #0
 __all__ = ['load_reid_image', 'TensorClip', 'LoadReIDImage', 'LoadClip', 'LoadPartMask', 'ImageReIDBlock', 'TrackletBlock',
            'PartMaskBlock', 'check_images', 'ReIDNormalize', 'ReIDAugment', 'pk_num_batches', 'pk_indices',
-           'clip_frames', 'eval_clips', 'ReIDItems', 'PKDataLoader', 'ReIDEvalDL', 'ReIDDataLoaders', 'reid_dls',
-           'ReIDTestItems']
+           'clip_frames', 'eval_clips', 'ReIDItems', 'encode_specs', 'decode_specs', 'EpochFeed', 'PKDataLoader',
+           'ReIDEvalDL', 'ReIDDataLoaders', 'reid_dls', 'ReIDTestItems']
 
 # %% ../nbs/03_data.ipynb #29b7fe02
 from .core import *
@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from fastcore.basics import *
 from fasttransform import Transform
-from fastai.torch_core import TensorImage, TensorMask, TensorCategory, default_device, defaults, num_distrib, to_device
+from fastai.torch_core import TensorImage, TensorMask, TensorCategory, default_device, defaults, num_distrib, to_device, set_seed
 from fastai.data.core import TfmdDL, DataLoaders
 from fastai.data.block import TransformBlock
 from fastcore.foundation import L
@@ -301,6 +301,35 @@ class ReIDItems:
         return (x, torch.tensor(self.pids[r]), torch.tensor(self.camids[r]), torch.tensor(self.is_query[r]),
                 torch.tensor(r + self.offset))
 
+# %% ../nbs/03_data.ipynb #709cd160
+def encode_specs(idxs):
+    """An epoch's sample specs as an int64 array `[n, w]`: item indices (`w = 1`) or `(row, frames)` clip specs
+    (`w = 1 + len(frames)`); None for anything else (those epochs use new workers)."""
+    try:
+        a = (np.array([(r, *f) for r, f in idxs]) if len(idxs) and isinstance(idxs[0], tuple)
+             else np.asarray(idxs).reshape(-1, 1))
+    except (TypeError, ValueError): return None
+    return a.astype(np.int64) if a.ndim == 2 and len(a) and a.dtype.kind in 'iu' else None
+
+def decode_specs(a):
+    "The list `encode_specs` was given: ints, or `(row, frames)` tuples."
+    a = a.tolist()
+    return [r[0] for r in a] if len(a) and len(a[0]) == 1 else [(r[0], tuple(r[1:])) for r in a]
+
+class EpochFeed:
+    "An epoch's sample specs and worker seed, in shared memory, written by the main process and read by loader workers."
+    def __init__(self, specs):
+        self.specs = torch.from_numpy(specs).clone().share_memory_()          # [capacity, w]
+        self.head = torch.tensor([len(specs), 0, 0]).share_memory_()         # rows, has seed, seed
+    def fits(self, specs): return specs.shape[1] == self.specs.shape[1] and len(specs) <= len(self.specs)
+    def write(self, specs, seed=None):
+        self.specs[:len(specs)] = torch.from_numpy(specs)
+        self.head[0], self.head[1], self.head[2] = len(specs), seed is not None, 0 if seed is None else seed
+    def read(self):
+        "`(specs, seed)`; seed None for the epoch the workers were started for (seeded by fastai's worker init)."
+        n, has, seed = self.head.tolist()
+        return decode_specs(self.specs[:n].numpy()), (seed if has else None)
+
 # %% ../nbs/03_data.ipynb #d8a83940
 def _denorm(x):
     m, s = torch.tensor(imagenet_stats[0]).view(3, 1, 1), torch.tensor(imagenet_stats[1]).view(3, 1, 1)
@@ -337,19 +366,74 @@ class _ShowMixin:
         return fig
 
 class _AsyncToDevice:
-    """fastai's `DataLoader.__iter__` with a non-blocking copy of each batch to the device. fastai copies with
-    `non_blocking=False`, which makes the host wait for the GPU's queue at every batch; with `pin_memory` the copy
-    is also asynchronous (the default of `reid_dls` on CUDA)."""
+    """fastai's `DataLoader.__iter__` with a non-blocking copy of each batch to the device, and loader workers that
+    outlive an epoch (`persistent_workers=True`). fastai copies with `non_blocking=False`, which makes the host wait
+    for the GPU's queue at every batch; with `pin_memory` the copy is also asynchronous (the default of `reid_dls` on
+    CUDA). fastai also starts new worker processes every epoch; persistent workers read each epoch's sample specs
+    and seed from an `EpochFeed` instead, and give the same batches."""
     def __iter__(self):
-        from fastai.data.load import _loaders
         self.randomize(); self.before_iter()
-        self._DataLoader__idxs = self.get_idxs()              # fastai's private epoch indices (read by `sample`)
-        for b in _loaders[self.fake_l.num_workers == 0](self.fake_l):
-            if self.pin_memory and type(b) == list: b = tuple(b)
-            if self.device is not None: b = to_device(b, self.device, non_blocking=True)
-            yield self.after_batch(b)
+        self._DataLoader__idxs = idxs = self.get_idxs()       # fastai's private epoch indices (read by `sample`)
+        try:
+            for b in self._batch_iter(idxs):
+                if self.pin_memory and type(b) == list: b = tuple(b)
+                if self.device is not None: b = to_device(b, self.device, non_blocking=True)
+                yield self.after_batch(b)
+        except GeneratorExit: raise                           # abandoned (`one_batch`, a stopped fit): workers reset next epoch
+        except BaseException: self.shutdown_workers(); raise  # a failed epoch: fresh workers next time
         self.after_iter()
         if hasattr(self, 'it'): del self.it
+
+    def _batch_iter(self, idxs):
+        "This epoch's batches: from the main process, from new workers, or from the persistent ones fed with `idxs`."
+        from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter, _SingleProcessDataLoaderIter
+        fl = self.fake_l
+        if fl.num_workers == 0: return _SingleProcessDataLoaderIter(fl)
+        specs = encode_specs(idxs) if fl.persistent_workers else None
+        if specs is None:
+            self.shutdown_workers(); return _MultiProcessingDataLoaderIter(fl)
+        key, st = self._workers_key(specs.shape[1]), self.__dict__.get('_workers')
+        if st is not None and st[1] == key and st[2].fits(specs):
+            it, _, feed = st
+            feed.write(specs, torch.empty((), dtype=torch.int64).random_().item())   # the seed a new iterator draws
+            it._reset(fl)                                     # workers drop what they were doing, read the feed
+            return it
+        self.shutdown_workers()
+        feed = self.__dict__['_feed'] = EpochFeed(specs)     # in the workers' copy of the loader (shared memory)
+        it = _MultiProcessingDataLoaderIter(fl)
+        self.__dict__['_workers'] = (it, key, feed)
+        return it
+
+    def _workers_key(self, width):
+        "What the workers' copy of the loader depends on: other values need new workers."
+        fl = self.fake_l
+        return (fl.num_workers, fl.pin_memory, fl.timeout, self.bs, self.drop_last, width, self.dataset,
+                self.after_item, self.before_batch)
+
+    def sample(self):
+        "fastai's `sample`; in a persistent worker, over the epoch's specs from the feed, reseeded as a new worker."
+        from torch.utils.data import get_worker_info
+        feed, info = self.__dict__.get('_feed'), get_worker_info()
+        if feed is None or info is None: return super().sample()
+        idxs, seed = feed.read()
+        if seed is not None: set_seed(seed + info.id); self.wif()   # what fastai's worker init does, every epoch
+        return (b for i, b in enumerate(idxs) if i//(self.bs or 1) % self.num_workers == self.offs)
+
+    @property
+    def workers_alive(self) -> bool: return '_workers' in self.__dict__
+
+    def shutdown_workers(self):
+        "Stop this loader's persistent workers, if any (the next epoch starts new ones)."
+        st = self.__dict__.pop('_workers', None); self.__dict__.pop('_feed', None)
+        if st is not None: st[0]._shutdown_workers()
+
+    def new(self, dataset=None, cls=None, **kwargs):
+        kwargs.setdefault('persistent_workers', self.fake_l.persistent_workers)
+        return super().new(dataset, cls, **kwargs)
+
+    def __getstate__(self):
+        state = dict(self.__dict__); state.pop('_workers', None)   # worker processes are not pickled; the feed is
+        return state
 
 class PKDataLoader(_AsyncToDevice, _ShowMixin, TfmdDL):
     """Training loader: batches of P identities × K instances (drop_last), epochs drawn from `(seed, epoch)`.
@@ -446,9 +530,12 @@ def _tfms(train, seed, batch_tfms=None):
             + list(batch_tfms or []))
 
 def reid_dls(df, size=(256, 128), P=16, K=4, seq_len=None, sample_stride=1, masks=None, num_workers=None,
-             seed=None, eval_bs=None, device=None, train_only=False, path='.', item_tfms=None, batch_tfms=None) -> ReIDDataLoaders:
+             seed=None, eval_bs=None, device=None, train_only=False, path='.', item_tfms=None, batch_tfms=None,
+             persistent_workers=True) -> ReIDDataLoaders:
     """Build `ReIDDataLoaders` (P×K train, ordered query/gallery evaluation) from a canonical frame.
-    `item_tfms`/`batch_tfms` are fastai transforms added to every loader (random ones, `split_idx=0`, run on train only)."""
+    `item_tfms`/`batch_tfms` are fastai transforms added to every loader (random ones, `split_idx=0`, run on train only).
+    `persistent_workers`: `train` and `valid` keep their loader workers between epochs (`query`/`gallery`, used
+    once, do not)."""
     cols = set(df.columns)
     video = 'paths' in cols
     need = {'paths' if video else 'path', 'pid', 'camid', 'split'}
@@ -482,17 +569,18 @@ def reid_dls(df, size=(256, 128), P=16, K=4, seq_len=None, sample_stride=1, mask
                                 "(with repetition when shorter than seq_len)")
     train_ds = ReIDItems(tr, size, labels=labels, masks=pm, seq_len=seq_len, sample_stride=sample_stride, item_tfms=item_tfms)
     pin = torch.cuda.is_available() and (device is None or torch.device(device).type == 'cuda')   # async host->GPU copies
-    train = PKDataLoader(train_ds, P=P, K=K, seed=seed, vocab=vocab, num_workers=num_workers, pin_memory=pin,
+    pw = bool(persistent_workers and num_workers)
+    train = PKDataLoader(train_ds, P=P, K=K, seed=seed, vocab=vocab, num_workers=num_workers, pin_memory=pin, persistent_workers=pw,
                          after_batch=_tfms(True, seed, batch_tfms))
     eval_bs = eval_bs or (max(1, 2*P*K//seq_len) if video else 2*P*K)
-    def edl(d, isq, offset=0):
+    def edl(d, isq, offset=0, persistent=False):
         ds = ReIDItems(d, size, seq_len=seq_len, is_query=isq, offset=offset, item_tfms=item_tfms)
         return ReIDEvalDL(ds, bs=eval_bs, shuffle=False, drop_last=False, num_workers=num_workers, pin_memory=pin,
-                          after_batch=_tfms(False, None, batch_tfms))
+                          persistent_workers=persistent, after_batch=_tfms(False, None, batch_tfms))
     valid = query = gallery = None
     if not train_only:
         qg = pd.concat([q, g], ignore_index=True)
-        valid = edl(qg, np.r_[np.ones(len(q), bool), np.zeros(len(g), bool)])
+        valid = edl(qg, np.r_[np.ones(len(q), bool), np.zeros(len(g), bool)], persistent=pw)
         query, gallery = edl(q, np.ones(len(q), bool)), edl(g, np.zeros(len(g), bool))
     return ReIDDataLoaders(train, valid, query, gallery, path=path, device=device,
         n_classes=len(vocab), vocab=vocab, pid2label=pid2label, seq_len=seq_len if video else None,

@@ -272,6 +272,7 @@ def test_truncated_image_with_workers(tmp_path, imgs):
     dls = reid_dls(bad, size=SIZE, P=8, K=4, num_workers=2, seed=0)
     with pytest.raises(Exception, match='cut_0003.jpg'):                 # re-raised from the worker, file named
         for _ in dls.train: pass
+    assert not dls.train.workers_alive                                     # a failed epoch stops the persistent workers
     with pytest.raises(ReIDInputError, match='cut_0003.jpg'):
         reid_dls(bad, size=SIZE, P=8, K=4, num_workers=0, seed=0).train.one_batch()
 
@@ -292,3 +293,66 @@ def test_export_keeps_metadata(tmp_path, imgs):
     learn.export(tmp_path/'learn.pkl')
     back = load_learner(tmp_path/'learn.pkl')
     assert (back.dls.n_classes, back.dls.vocab, back.dls.img_size, back.dls.seq_len) == (8, list(range(1, 9)), SIZE, None)
+
+
+def _epochs(df, persistent, **kw):
+    "Batches of: an epoch abandoned after one batch, then two epochs of train and valid; the main RNG after; worker pids."
+    from fastai.vision.augment import RandomResizedCrop
+    torch.manual_seed(0)
+    dls = reid_dls(df, size=SIZE, P=4, K=2, num_workers=2, seed=3, persistent_workers=persistent, **kw)
+    it = iter(dls.train); out = [next(it)]; del it
+    pids = []
+    for _ in range(2):
+        out += list(dls.train) + list(dls.valid)
+        pids.append([w.pid for w in dls.train.__dict__['_workers'][0]._workers] if persistent else None)
+    return out, torch.rand(3), pids, dls
+
+
+@pytest.mark.parametrize('kind', ['images', 'clips'])
+def test_persistent_workers_give_the_batches_of_new_workers(kind, imgs, vids):
+    from fastai.vision.augment import RandomResizedCrop
+    df, kw = (imgs, dict(item_tfms=[RandomResizedCrop(SIZE, min_scale=0.3)])) if kind == 'images' else (vids, dict(seq_len=3))
+    new, r_new, _, d_new = _epochs(df, False, **kw)
+    kept, r_kept, pids, d_kept = _epochs(df, True, **kw)
+    assert len(new) == len(kept) > 10
+    for a, b in zip(new, kept): assert all(torch.equal(x, y) for x, y in zip(a, b))   # random crops included
+    assert torch.equal(r_new, r_kept)                                       # the main process's random state too
+    assert pids[0] == pids[1] and len(pids[0]) == 2                         # the same two processes, every epoch
+    assert d_kept.train.workers_alive and d_kept.valid.workers_alive and not d_new.train.workers_alive
+    assert not d_kept.query.fake_l.persistent_workers                       # query/gallery are iterated once
+    assert d_kept.train.new().fake_l.persistent_workers
+    d_kept.valid.bs = 3                                                     # what the workers copied changed: new ones
+    old = [w.pid for w in d_kept.valid.__dict__['_workers'][0]._workers]
+    vb = list(d_kept.valid)
+    assert [len(b[0]) for b in vb][0] == 3 and sum(len(b[0]) for b in vb) == len(d_kept.valid.dataset)
+    assert [w.pid for w in d_kept.valid.__dict__['_workers'][0]._workers] != old
+    d_kept.train.shutdown_workers(); assert not d_kept.train.workers_alive
+    assert len(list(d_kept.train)) == len(d_kept.train)                     # and start again when needed
+
+
+_FORKSERVER = """
+import multiprocessing as mp, sys, pickle, torch
+from iaunet_fastai.data import reid_dls
+if __name__ == '__main__':
+    mp.set_start_method('forkserver', force=True)
+    df = pickle.load(open(sys.argv[1], 'rb'))
+    res = []
+    for pw in (False, True):
+        torch.manual_seed(0)
+        dls = reid_dls(df, size=(32, 16), P=4, K=2, num_workers=2, seed=3, persistent_workers=pw)
+        out = [b for _ in range(2) for b in list(dls.train) + list(dls.valid)]
+        res.append((out, torch.rand(2)))
+    same = all(torch.equal(x, y) for a, b in zip(res[0][0], res[1][0]) for x, y in zip(a, b)) and torch.equal(res[0][1], res[1][1])
+    print('SAME' if same and len(res[0][0]) == len(res[1][0]) > 4 and dls.train.workers_alive else 'DIFFERENT')
+"""
+
+
+def test_persistent_workers_under_forkserver(tmp_path, imgs):
+    "Python 3.14's default start method: the workers get the feed by pickling (shared memory), not by fork."
+    import pickle, subprocess, sys
+    if 'forkserver' not in __import__('multiprocessing').get_all_start_methods(): pytest.skip('no forkserver here')
+    (tmp_path/'s.py').write_text(_FORKSERVER); pickle.dump(imgs, open(tmp_path/'df.pkl', 'wb'))
+    r = subprocess.run([sys.executable, str(tmp_path/'s.py'), str(tmp_path/'df.pkl')], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().endswith('SAME'), r.stdout + r.stderr[-2000:]
