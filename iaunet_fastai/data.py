@@ -7,7 +7,7 @@ target, P×K identity sampling for training, ordered query/gallery loaders for e
 __all__ = ['load_reid_image', 'TensorClip', 'LoadReIDImage', 'LoadClip', 'LoadPartMask', 'ImageReIDBlock', 'TrackletBlock',
            'PartMaskBlock', 'check_images', 'ReIDNormalize', 'ReIDAugment', 'pk_num_batches', 'pk_indices',
            'clip_frames', 'eval_clips', 'ReIDItems', 'encode_specs', 'decode_specs', 'EpochFeed', 'PKDataLoader',
-           'ReIDEvalDL', 'ReIDDataLoaders', 'reid_dls', 'ReIDTestItems']
+           'ReIDEvalDL', 'ReIDDataLoaders', 'reid_dls', 'frame_items', 'ReIDTestItems']
 
 # %% ../nbs/03_data.ipynb #29b7fe02
 from .core import *
@@ -111,12 +111,11 @@ def _check_one(p):
 def check_images(items, workers:int=8, progress:bool=True, n_show:int=5) -> int:
     "Pre-flight check of image paths (or lists of frame paths); returns the number checked, or raises `ReIDInputError` listing the bad ones."
     from concurrent.futures import ThreadPoolExecutor
-    from fastprogress.fastprogress import progress_bar
     paths = list(dict.fromkeys(str(p) for it in items for p in ([it] if isinstance(it, (str, Path)) else it)))
     if not paths: return 0
     with ThreadPoolExecutor(max(1, workers)) as ex:
         res = ex.map(_check_one, paths)
-        if progress and len(paths) > 1000: res = progress_bar(res, total=len(paths), leave=False)
+        res = progress_bar(res, show=progress and len(paths) > 1000, total=len(paths), leave=False)
         bad = [r for r in res if r]
     if bad:
         raise ReIDInputError(f"pre-flight check: {len(bad)} of {len(paths)} image files are unusable: " + '; '.join(bad[:n_show])
@@ -617,14 +616,17 @@ def _to_uint8_image(o, size):
     if o.size != (size[1], size[0]): o = o.resize((size[1], size[0]), Image.BICUBIC)
     return TensorImage(_img2tensor(o))
 
+def frame_items(df) -> list:
+    "The loadable items of a canonical frame: its image paths (`path`), or its tracklets' frame lists (`paths`)."
+    col = 'paths' if 'paths' in df.columns else 'path'
+    if col not in df.columns: raise ReIDInputError("a frame of items needs a 'path' (images) or 'paths' (tracklets) column")
+    return list(df[col])
+
 class ReIDTestItems:
     "Inference samples `(x,)`: one per image, or one per clip of `seq_len` frames of each tracklet (`owner` = its tracklet)."
     n_inp, split_idx = 1, 1
     def __init__(self, items, size=(256, 128), seq_len=None, item_tfms=None):
-        if isinstance(items, pd.DataFrame):
-            col = 'paths' if 'paths' in items.columns else 'path'
-            if col not in items.columns: raise ReIDInputError("a test frame needs a 'path' (images) or 'paths' (tracklets) column")
-            items = list(items[col])
+        if isinstance(items, pd.DataFrame): items = frame_items(items)
         self.items, self.size, self.seq_len = list(items), tuple(size), seq_len
         self.item_tfms = _item_pipeline(item_tfms, 1)
         if not self.items: raise ReIDInputError("test_dl got no items")

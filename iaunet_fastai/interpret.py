@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from fastcore.basics import *
 from fastai.learner import Learner
 import fastai.callback.hook        # `Learner.summary`
-from .data import _denorm, _PART_CMAP, ReIDTestItems, PKDataLoader
+from .data import _denorm, _PART_CMAP, ReIDTestItems, PKDataLoader, frame_items
 from .models import VideoIAUnet
-from .metrics import aggregate_tracklets, evaluate_retrieval, show_ranked
+from .metrics import aggregate_tracklets, evaluate_retrieval, show_ranked, pairwise_distance
 
 # %% ../nbs/10e_interpret.ipynb #39077559
 def _dls_attr(dls, name):
@@ -26,13 +26,9 @@ def _dls_attr(dls, name):
     try: return getattr(dls, name, None)
     except IndexError: return None
 
-def _items_of(df):
-    "The loadable items of a canonical frame: image paths or tracklet frame lists."
-    return list(df['paths'] if 'paths' in df.columns else df['path'])
-
 def _rank(qf, gf, k=None):
-    "Cosine distances `[Q, G]` of L2-normalised embeddings and the gallery order per query (stable)."
-    dist = 1 - qf.float() @ gf.float().t()
+    "Cosine distances `[Q, G]` (`metrics.pairwise_distance`) and the gallery order per query (stable)."
+    dist = pairwise_distance(qf, gf)
     order = torch.from_numpy(np.argsort(dist.numpy(), axis=1, kind='stable'))
     return dist, (order if k is None else order[:, :k])
 
@@ -68,7 +64,7 @@ def set_gallery(self:ReIDLearner, gallery=None, bs=None):
             raise ReIDInputError("these dls have no gallery (exported or train-only learner): pass set_gallery(gallery=<frame or items>)")
     gdf = gallery.reset_index(drop=True) if isinstance(gallery, pd.DataFrame) else pd.DataFrame({'item': list(gallery)})
     self.gallery_df = gdf
-    self.gallery_feats = self.embed(_items_of(gdf) if 'item' not in gdf.columns else list(gdf['item']), bs=bs)
+    self.gallery_feats = self.embed(frame_items(gdf) if 'item' not in gdf.columns else list(gdf['item']), bs=bs)
     return self
 
 @patch
@@ -99,9 +95,9 @@ def show_results(self:ReIDLearner, ds_idx=1, dl=None, max_n=4, k=6, shuffle=True
     rng = np.random.default_rng(seed)
     qi = rng.permutation(len(q))[:max_n] if shuffle else np.arange(min(max_n, len(q)))
     qs = q.iloc[qi].reset_index(drop=True)
-    qf, gf = self.embed(_items_of(qs)), self.embed(_items_of(g))
+    qf, gf = self.embed(frame_items(qs)), self.embed(frame_items(g))
     dist, _ = _rank(qf, gf)
-    return show_ranked(_items_of(qs), _items_of(g), dist, qs.pid.to_numpy(), g.pid.to_numpy(), qs.camid.to_numpy(),
+    return show_ranked(frame_items(qs), frame_items(g), dist, qs.pid.to_numpy(), g.pid.to_numpy(), qs.camid.to_numpy(),
                        g.camid.to_numpy(), k=k, **kwargs)
 
 # %% ../nbs/10e_interpret.ipynb #7b028eea
@@ -135,7 +131,7 @@ def show_part_maps(learn, items, masks=None, frame=None, figsize_per=(1.0, 1.9),
     of each IAU block. Returns the figure."""
     import matplotlib.pyplot as plt
     from iaunet_fastai.part_masks import PARTS
-    items = _items_of(items) if isinstance(items, pd.DataFrame) else list(items)
+    items = frame_items(items) if isinstance(items, pd.DataFrame) else list(items)
     if not items: raise ReIDInputError("show_part_maps: no items")
     pm = masks if masks is not None else _dls_attr(learn.dls, 'masks')
     if pm is not None and not hasattr(pm, 'get'):
@@ -178,7 +174,7 @@ def evaluate_targets(learn, by='dataset', gallery='non_query', **kwargs) -> dict
     if by not in q.columns or by not in g.columns:
         raise ReIDInputError(f"the query/gallery frames have no {by!r} column: build df with combine_datasets({{name: df, ...}})")
     if gallery not in ('non_query', 'all'): raise ReIDInputError(f"`gallery` must be 'non_query' or 'all', got {gallery!r}")
-    qf, gf = learn.embed(_items_of(q)), learn.embed(_items_of(g))
+    qf, gf = learn.embed(frame_items(q)), learn.embed(frame_items(g))
     out = {}
     for name in pd.unique(q[by]):
         qm, gm = (q[by] == name).to_numpy(), (g[by] == name).to_numpy()

@@ -28,26 +28,28 @@ LIP_GROUPING = {'head': (1, 2, 4, 13), 'upper': (3, 5, 6, 7, 10, 11, 14, 15), 'l
                 'shoes': (8, 18, 19)}
 
 # %% ../nbs/04_part_masks.ipynb #7e3b8953
-def check_grouping(grouping=LIP_GROUPING) -> dict:
-    "Validate a `{part: LIP ids}` grouping; return it normalised to `{part: sorted list}` in `PARTS` order."
-    if not isinstance(grouping, dict): raise ReIDInputError(f"grouping must be a dict {{part: LIP ids}}, got {type(grouping).__name__}")
+def check_grouping(grouping=LIP_GROUPING, labels=LIP_LABELS) -> dict:
+    """Validate a `{part: class ids}` grouping of the classes `labels` (LIP's by default; SCHP's ATR and Pascal label
+    sets too); return it normalised to `{part: sorted list}` in `PARTS` order."""
+    what = 'LIP id' if labels is LIP_LABELS else 'class id'
+    if not isinstance(grouping, dict): raise ReIDInputError(f"grouping must be a dict {{part: {what}s}}, got {type(grouping).__name__}")
     bad = [k for k in grouping if k not in PARTS]
     if bad: raise ReIDInputError(f"grouping has unknown part(s) {bad}; parts are {PARTS}")
     seen, res = {}, {}
     for part in PARTS:
         ids = sorted(int(i) for i in grouping.get(part, ()))
         for i in ids:
-            if not 1 <= i < len(LIP_LABELS):
-                raise ReIDInputError(f"grouping['{part}'] holds LIP id {i}; valid ids are 1..{len(LIP_LABELS)-1} (0 is background)")
-            if i in seen: raise ReIDInputError(f"LIP id {i} ({LIP_LABELS[i]}) is in both '{seen[i]}' and '{part}' of the grouping")
+            if not 1 <= i < len(labels):
+                raise ReIDInputError(f"grouping['{part}'] holds {what} {i}; valid ids are 1..{len(labels)-1} (0 is background)")
+            if i in seen: raise ReIDInputError(f"{what} {i} ({labels[i]}) is in both '{seen[i]}' and '{part}' of the grouping")
             seen[i] = part
         res[part] = ids
     return res
 
-def grouping_lut(grouping=LIP_GROUPING) -> np.ndarray:
-    "A 256-entry uint8 lookup table LIP id → part value (0 background, 1..4 `PARTS`); ids > 19 map to 255."
-    g = check_grouping(grouping)
-    lut = np.full(256, 255, np.uint8); lut[:len(LIP_LABELS)] = 0
+def grouping_lut(grouping=LIP_GROUPING, labels=LIP_LABELS) -> np.ndarray:
+    "A 256-entry uint8 lookup table class id → part value (0 background, 1..4 `PARTS`); ids >= `len(labels)` (LIP: > 19) map to 255."
+    g = check_grouping(grouping, labels)
+    lut = np.full(256, 255, np.uint8); lut[:len(labels)] = 0
     for k, part in enumerate(PARTS):
         lut[g[part]] = k + 1
     return lut

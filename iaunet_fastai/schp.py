@@ -4,15 +4,15 @@
 
 # %% auto #0
 __all__ = ['ATR_LABELS', 'PASCAL_LABELS', 'ATR_GROUPING', 'PASCAL_GROUPING', 'SCHP_MODELS_URL', 'SCHP_DATASETS', 'SCHP_MEAN',
-           'SCHP_STD', 'class_lut', 'ActivatedBatchNorm', 'SCHPBottleneck', 'SCHPContext', 'SCHPEdge', 'SCHPDecoder',
-           'SCHPNet', 'schp_weights_help', 'read_schp_checkpoint', 'schp_arch', 'schp_dataset_of', 'load_schp',
+           'SCHP_STD', 'schp_dataset_of', 'class_lut', 'ActivatedBatchNorm', 'SCHPBottleneck', 'SCHPContext',
+           'SCHPEdge', 'SCHPDecoder', 'SCHPNet', 'schp_weights_help', 'read_schp_checkpoint', 'schp_arch', 'load_schp',
            'schp_center_scale', 'schp_affine', 'schp_warp_image', 'schp_normalize', 'cv2_linear_taps',
            'warp_logits_back', 'schp_parse_images', 'schp_palette', 'save_schp_png', 'schp_job_options',
            'schp_parse_chunk']
 
 # %% ../nbs/04b_schp.ipynb #248de5c7
 from .core import *
-from .part_masks import LIP_LABELS, LIP_GROUPING, PARTS, resize_nearest
+from .part_masks import LIP_LABELS, LIP_GROUPING, PARTS, grouping_lut, resize_nearest
 import os, functools, threading
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +22,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
-from fastprogress.fastprogress import progress_bar
 from fastcore.basics import store_attr
 
 # %% ../nbs/04b_schp.ipynb #042127f1
@@ -43,18 +42,15 @@ SCHP_DATASETS = {
                    url='https://drive.google.com/file/d/1E5YwNKW2VOEayK9mWCS3Kpsxf-3z04ZE/view?usp=sharing')}
 
 # %% ../nbs/04b_schp.ipynb #1d1b9e33
+def schp_dataset_of(n_classes:int) -> str:
+    "'lip', 'atr' or 'pascal' from the number of classes (20, 18, 7)."
+    for k, d in SCHP_DATASETS.items():
+        if len(d['labels']) == n_classes: return k
+    raise ReIDInputError(f"an SCHP checkpoint with {n_classes} classes is none of {{lip: 20, atr: 18, pascal: 7}}")
+
 def class_lut(grouping, n_classes:int) -> np.ndarray:
-    "A 256-entry uint8 table class id → part value (0 background, 1..4 `PARTS`); ids >= `n_classes` map to 255."
-    if not isinstance(grouping, dict) or any(k not in PARTS for k in grouping):
-        raise ReIDInputError(f"grouping must be a dict with keys among {PARTS}, got {grouping!r}")
-    lut = np.full(256, 255, np.uint8); lut[:n_classes] = 0; seen = {}
-    for k, part in enumerate(PARTS):
-        for i in grouping.get(part, ()):
-            i = int(i)
-            if not 1 <= i < n_classes: raise ReIDInputError(f"grouping['{part}'] holds class id {i}; valid ids are 1..{n_classes-1}")
-            if i in seen: raise ReIDInputError(f"class id {i} is in both '{seen[i]}' and '{part}' of the grouping")
-            seen[i] = part; lut[i] = k + 1
-    return lut
+    "`part_masks.grouping_lut` for the SCHP label set of `n_classes` classes (LIP 20, ATR 18, Pascal 7)."
+    return grouping_lut(grouping, SCHP_DATASETS[schp_dataset_of(n_classes)]['labels'])
 
 # %% ../nbs/04b_schp.ipynb #cfdb6f15
 class ActivatedBatchNorm(nn.Module):
@@ -186,12 +182,6 @@ def schp_arch(sd) -> tuple:
     layers = tuple(1 + max([int(k.split('.')[1]) for k in sd if k.startswith(f'layer{i}.')], default=-1) for i in range(1, 5))
     return int(sd['fushion.3.weight'].shape[0]), layers
 
-def schp_dataset_of(n_classes:int) -> str:
-    "'lip', 'atr' or 'pascal' from the number of classes (20, 18, 7)."
-    for k, d in SCHP_DATASETS.items():
-        if len(d['labels']) == n_classes: return k
-    raise ReIDInputError(f"an SCHP checkpoint with {n_classes} classes is none of {{lip: 20, atr: 18, pascal: 7}}")
-
 # %% ../nbs/04b_schp.ipynb #090ec965
 def load_schp(weights, dataset:str=None, device=None):
     "An eval-mode `SCHPNet` with the checkpoint `weights` loaded strictly, and its dataset name: `(model, dataset)`."
@@ -278,12 +268,15 @@ def warp_logits_back(logits, M, size) -> torch.Tensor:
     return out
 
 # %% ../nbs/04b_schp.ipynb #0e917b9e
-def schp_parse_images(model, images, input_size=(473, 473), precision:str='fp32', batch_size:int=8) -> list:
-    "Class-id maps (uint8 [h, w] each) of uint8 BGR images [h, w, 3] (sizes may differ) with SCHP's inference."
+def schp_parse_images(model, images, input_size=(473, 473), precision:str='fp32', batch_size:int=8,
+                      progress:bool=False) -> list:
+    """Class-id maps (uint8 [h, w] each) of uint8 BGR images [h, w, 3] (sizes may differ) with SCHP's inference,
+    `batch_size` images per forward (`progress`: a bar over the batches, when there are several)."""
     if precision not in ('fp32', 'bf16'): raise ReIDInputError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     dev = next(model.parameters()).device; res = []
     cl = dict(memory_format=torch.channels_last) if dev.type == 'cuda' else {}
-    for b in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    for b in progress_bar(starts, show=progress and len(starts) > 1, leave=False):
         imgs = images[b:b + batch_size]
         warped = [schp_warp_image(im, input_size) for im in imgs]
         x = schp_normalize(torch.from_numpy(np.stack([w for w, _, _ in warped])).to(dev)).contiguous(**cl)
@@ -297,6 +290,9 @@ def schp_parse_images(model, images, input_size=(473, 473), precision:str='fp32'
     return res
 
 # %% ../nbs/04b_schp.ipynb #d0d5ff3a
+@functools.lru_cache(maxsize=8)
+def _palette(n): return schp_palette(n)
+
 def schp_palette(n:int=256) -> list:
     "SCHP's (PASCAL VOC) colour map: a flat [r, g, b] * n list."
     pal = []
@@ -310,15 +306,20 @@ def schp_palette(n:int=256) -> list:
 
 def save_schp_png(label_map, path, n_classes:int=20):
     "Write a class-id map as a palette PNG the way `simple_extractor.py` does (atomically)."
-    im = Image.fromarray(np.asarray(label_map, np.uint8)); im.putpalette(schp_palette(n_classes))
+    im = Image.fromarray(np.asarray(label_map, np.uint8)); im.putpalette(_palette(n_classes))
     with atomic_path(path, suffix='.png') as tmp: im.save(tmp, format='PNG')
 
 # %% ../nbs/04b_schp.ipynb #7e208064
 _MODEL_CACHE, _MODEL_LOCK = {}, threading.Lock()
 
-def _cached_model(weights, dataset, device):
+def _weights_file(weights):
+    "`(resolved path, os.stat_result)` of an SCHP weights file; the stat is None when it is not a file (or no path)."
     p = Path(weights).expanduser().resolve() if weights is not None else None
-    st = p.stat() if p is not None and p.is_file() else None
+    return p, (p.stat() if p is not None and p.is_file() else None)
+
+def _cached_model(weights, dataset, device, file=None):
+    "`load_schp(weights, dataset, device)`, once per (file, size, mtime, dataset, device); `file`: `_weights_file(weights)`."
+    p, st = file or _weights_file(weights)
     key = (str(p), st and (st.st_size, st.st_mtime_ns), dataset, str(best_device(device)))
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:
@@ -330,7 +331,8 @@ def schp_job_options(weights, image_dir, lip_grouping=LIP_GROUPING, dataset:str=
                      precision:str='fp32', device=None, batch_size:int=None, n_threads:int=None, label_png_dir=None,
                      progress:bool=False):
     "Validate `parser='schp'` options and load the model: `(options for schp_parse_chunk, the part of them that keys the cache)`."
-    _, ds = _cached_model(weights, dataset, device)
+    p, st = file = _weights_file(weights)
+    _, ds = _cached_model(weights, dataset, device, file)
     d = SCHP_DATASETS[ds]
     if ds != 'lip' and grouping is None and {k: list(v) for k, v in lip_grouping.items()} != {k: list(v) for k, v in LIP_GROUPING.items()}:
         raise ReIDInputError(f"grouping= holds LIP ids but '{weights}' is an {ds.upper()} checkpoint: pass its grouping "
@@ -341,7 +343,6 @@ def schp_job_options(weights, image_dir, lip_grouping=LIP_GROUPING, dataset:str=
     if len(size) != 2 or min(size) < 16: raise ReIDInputError(f"input_size must be (height, width) >= 16, got {input_size!r}")
     if precision not in ('fp32', 'bf16'): raise ReIDInputError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     dev = best_device(device)
-    p = Path(weights).expanduser().resolve(); st = p.stat()
     key = dict(weights=str(p), weights_bytes=st.st_size, weights_mtime=int(st.st_mtime), dataset=ds,
                grouping={k: list(v) for k, v in g.items()}, input_size=list(size), precision=precision)
     opts = dict(key, weights=str(p), device=str(dev), image_dir=str(image_dir),
@@ -368,16 +369,14 @@ def schp_parse_chunk(jobs) -> list:
     ok = [i for i, (im, _) in enumerate(imgs) if im is not None]
     for i, (im, why) in enumerate(imgs):
         if im is None: res[i] = (None, why, False)
-    bs = opts['batch_size']
-    batches = [ok[b:b + bs] for b in range(0, len(ok), bs)]
-    for idx in (progress_bar(batches, leave=False) if opts.get('progress') and len(batches) > 1 else batches):
-        labels = schp_parse_images(model, [imgs[i][0] for i in idx], tuple(opts['input_size']), opts['precision'], bs)
-        for i, lab in zip(idx, labels):
-            path, size = jobs[i][1], tuple(jobs[i][3])
-            if opts.get('label_png_dir'):
-                rel = os.path.relpath(path, opts['image_dir'])
-                save_schp_png(lab, Path(opts['label_png_dir'])/(os.path.splitext(rel)[0] + '.png'), len(SCHP_DATASETS[ds]['labels']))
-            m = lut[lab]
-            if not (m > 0).any(): res[i] = (None, f"empty mask: SCHP found no person part in '{path}'", False); continue
-            res[i] = (np.ascontiguousarray(resize_nearest(m, size)), '', tuple(m.shape) != size)
+    labels = schp_parse_images(model, [imgs[i][0] for i in ok], tuple(opts['input_size']), opts['precision'],
+                               opts['batch_size'], progress=opts.get('progress', False))
+    for i, lab in zip(ok, labels):
+        path, size = jobs[i][1], tuple(jobs[i][3])
+        if opts.get('label_png_dir'):
+            rel = os.path.relpath(path, opts['image_dir'])
+            save_schp_png(lab, Path(opts['label_png_dir'])/(os.path.splitext(rel)[0] + '.png'), len(SCHP_DATASETS[ds]['labels']))
+        m = lut[lab]
+        if not (m > 0).any(): res[i] = (None, f"empty mask: SCHP found no person part in '{path}'", False); continue
+        res[i] = (np.ascontiguousarray(resize_nearest(m, size)), '', tuple(m.shape) != size)
     return res
