@@ -91,6 +91,15 @@ def kernels(b, x, device):
     with OpCounter() as c: step()
     return sum(c.kernels.values()) - 4          # less the test loss's own ops (square, mean, mean, add) in the forward
 
+def saved_mb(b, x):
+    "MB of the distinct tensors one forward under bf16 autocast keeps for the backward (the block's activation memory)."
+    seen = {}
+    def pack(t):
+        seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes(); return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast(x.device.type, dtype=torch.bfloat16):
+        b(x.detach().requires_grad_())
+    return sum(seen.values()) / 2**20
+
 def rel(a, r): return ((a - r).abs().max() / r.abs().max()).item(), ((a - r).abs().mean() / r.abs().mean()).item()
 
 def errors(b, x, ref=None):
@@ -124,18 +133,21 @@ def main(argv=None):
         t_conv = time_block(lambda z: (conv(z), z[:, :4]), x, device, args.iters)
         variants = [('previous (fp32 copy)', bold)]
         for pr in MATMUL_PRECISIONS:
-            b = block(C, device); b.load_state_dict(bold.state_dict()); b.ciau.matmul_precision = pr
+            b = block(C, device); b.load_state_dict(bold.state_dict()); b.ciau.matmul_precision, b.ciau.fused = pr, False
             variants.append((f"now, matmul_precision='{pr}'", b, None))
+        for pr in ('tf32', 'bf16'):                   # one attention kernel (`CIAU.fused`), no [B, C, C] affinity stored
+            b = block(C, device); b.load_state_dict(bold.state_dict()); b.ciau.matmul_precision = pr; b.ciau.fused = True
+            variants.append((f"now, fused, matmul_precision='{pr}'", b, None))
         variants = [(n, b, None) for n, b in variants[:1]] + variants[1:]
         if args.compile:
-            bc = block(C, device); bc.load_state_dict(bold.state_dict()); eager = variants[1][1]
+            bc = block(C, device); bc.load_state_dict(bold.state_dict()); bc.ciau.fused = False; eager = variants[1][1]
             compile_iau_blocks(bc)
             t0 = time.perf_counter(); time_block(bc, x, device, 1); comp_s[st] = time.perf_counter() - t0
             variants.append(('now, compiled (`compile_iau_blocks`)', bc, eager))
         for name, b, ref in variants:
             t = time_block(b, x, device, args.iters)
             e_fast64, e_fp32_64, e_fast32 = errors(b, x, ref)
-            rows.append((st, f'{C}@{H}×{W}', name, t, t_conv, kernels(b, x, device), e_fast32, e_fast64, e_fp32_64))
+            rows.append((st, f'{C}@{H}×{W}', name, t, t_conv, kernels(b, x, device), saved_mb(b, x), e_fast32, e_fast64, e_fp32_64))
             print(rows[-1], flush=True)
     fmt = lambda e: f'{e[0]:.1e} / {e[1]:.1e}'
     lines = [f'## IAU blocks under bf16 + channels_last on {device.type.upper()} (`bench/bench_iau_blocks.py`)', '',
@@ -144,10 +156,10 @@ def main(argv=None):
              f'batch {args.batch}, input {size[0]}×{size[1]}; activations: ResNet-50 stage outputs (He init, train-mode BN) '
              'of synthetic pedestrians under bf16 autocast, channels_last. Update BNs drawn N(0, 0.5) so the block is not '
              'the identity; the block runs in train mode (batch statistics), as in training.', '',
-             '| stage | map | CIAU | IAUBlock fwd+bwd (ms) | kernels | 3×3 conv C→C (ms) | bf16 vs fp32 | bf16 vs fp64 | fp32 vs fp64 |',
-             '|---|---|---|---:|---:|---:|---|---|---|']
-    for st, m, name, t, tc, k, e1, e2, e3 in rows:
-        lines.append(f'| {st} | {m} | {name} | {t:.2f} | {"—" if k is None else k} | {tc:.2f} | {fmt(e1)} | {fmt(e2)} | {fmt(e3)} |')
+             '| stage | map | CIAU | IAUBlock fwd+bwd (ms) | kernels | saved for backward (MB) | 3×3 conv C→C (ms) | bf16 vs fp32 | bf16 vs fp64 | fp32 vs fp64 |',
+             '|---|---|---|---:|---:|---:|---:|---|---|---|']
+    for st, m, name, t, tc, k, mb, e1, e2, e3 in rows:
+        lines.append(f'| {st} | {m} | {name} | {t:.2f} | {"—" if k is None else k} | {mb:.1f} | {tc:.2f} | {fmt(e1)} | {fmt(e2)} | {fmt(e3)} |')
     lines += ['', 'Errors of the block output under bf16 autocast against the same block in fp32 (autocast off) and in fp64 '
               '(same bf16 input): max |Δ| / max |ref| and mean |Δ| / mean |ref|. For scale: rounding a map to bf16 alone is '
               'up to 2⁻⁹ ≈ 2.0e-3 relative per value.']

@@ -31,6 +31,7 @@ from iaunet_fastai.part_masks import precompute_part_masks
 from iaunet_fastai.data import reid_dls
 from iaunet_fastai.learner import iaunet_learner, TorchAdam
 from iaunet_fastai.losses import ReIDLoss
+from iaunet_fastai.layers import CIAU
 
 def _pair(s, sep=','): return tuple(int(v) for v in str(s).replace('x', sep).split(sep))
 
@@ -169,6 +170,9 @@ def main(argv=None):
     ap.add_argument('--compile', nargs='?', const='model', default=None, choices=('model', 'iau', 'both'),
                     help="also time the loop with iaunet_learner(compile=True) ('model', the default), compile='iau' "
                          "(the IAU blocks only), or both")
+    ap.add_argument('--ciau', default=None, choices=('fused', 'tf32', 'bf16', 'fp32', 'fused-bf16'),
+                    help="CIAU computation: a `CIAU.matmul_precision` (default tf32), 'fused' (`CIAU.fused`: one attention "
+                         "kernel) or 'fused-bf16' (both)")
     ap.add_argument('--profile', action='store_true'); ap.add_argument('--data', default='/tmp/iaunet_bench_train')
     ap.add_argument('--out', default=None)
     args = ap.parse_args(argv)
@@ -182,6 +186,9 @@ def main(argv=None):
     out = Path(args.out or Path(__file__).parent/'results'/f'train-{device.type}.md')
     seed_everything(0)
     if cuda: torch.backends.cudnn.benchmark = True
+    if args.ciau:
+        CIAU.fused = args.ciau.startswith('fused')
+        CIAU.matmul_precision = 'bf16' if args.ciau == 'fused-bf16' else args.ciau if not CIAU.fused else CIAU.matmul_precision
     df, masks = world(args)
     dls = make_dls(df, masks, args, device)
     bs = dls.train.bs
@@ -225,7 +232,8 @@ def main(argv=None):
              f'{args.arch} at {args.size.replace(",", "×")}, batch {bs} (P×K {args.pk}), '
              f'{"bf16 autocast" if args.amp else "fp32"}{", channels_last" if args.channels_last else ""}, '
              f'{args.workers} loader workers, synthetic Market-1501 layout ({args.preset}, images {args.world_size.replace(",", "×")}) '
-             f'with part masks; {steps} timed steps after {args.warmup} warm-up. Optimizer of the loop: {rows[vs[0]]["opt"]}.', '',
+             f'with part masks; {steps} timed steps after {args.warmup} warm-up. Optimizer of the loop: {rows[vs[0]]["opt"]}. '
+             f'CIAU: {"fused, " if CIAU.fused else ""}matmul_precision {CIAU.matmul_precision!r}.', '',
              '| images/s | ' + ' | '.join(vs) + ' |', '|---|' + '---:|' * len(vs)]
     for k in keys: lines.append(f'| {k} | ' + ' | '.join(f'{rows[v][k]:,.0f}' if k in rows[v] else '—' for v in vs) + ' |')
     lines.append('| loop ÷ (bare + torch Adam) | ' + ' | '.join(f'{rows[v]["fastai loop"] / rows[v]["bare + torch Adam"]:.0%}' for v in vs) + ' |')

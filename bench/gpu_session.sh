@@ -25,7 +25,8 @@ W=$(( $(nproc) - 2 ))
 run() { local t=$1; shift; echo "== $*"; timeout "$t" "$@" 2>&1 | grep -v "USDT\|DeviceProperties" | tail -40; echo "== rc ${PIPESTATUS[0]}"; }
 # Parts (each fits one 600 s device call; a session's 15 device-minutes hold about two, startup included):
 #   a  the pace: bench_train (loader / bare / loop) and bench_loop (host ms and kernels per batch by part)
-#   b  compilation: bench_iau_blocks --compile, then the loop with compile='iau' and compile=True
+#   b  the IAU blocks: bench_iau_blocks --compile (eager, fused attention, compiled), the loop with CIAU.fused
+#      (bf16), then the loop with compile='iau' (compile=True was measured in session 2: 1,746 images/s)
 #   c  the rest: bench_models, bench_schp, the accelerate smoke run, loader workers kept vs new (bench_workers)
 case "$PART" in a|all)
 run 270 python3 bench/bench_train.py --device cuda --amp --channels-last --workers "$W" --profile --out "$OUT/train-cuda.md"
@@ -33,7 +34,8 @@ run 120 python3 bench/bench_loop.py --device cuda --amp --channels-last --arch r
 ;; esac
 case "$PART" in b|all)
 run 150 python3 bench/bench_iau_blocks.py --device cuda --compile --out "$OUT/iau-blocks-cuda.md"
-run 270 python3 bench/bench_train.py --device cuda --amp --channels-last --workers "$W" --variants iaunet --compile both --steps 30 --out "$OUT/train-cuda-compile.md"
+run 150 python3 bench/bench_train.py --device cuda --amp --channels-last --workers "$W" --variants iaunet --ciau fused-bf16 --steps 30 --out "$OUT/train-cuda-fused.md"
+run 200 python3 bench/bench_train.py --device cuda --amp --channels-last --workers "$W" --variants iaunet --compile iau --steps 30 --out "$OUT/train-cuda-compile.md"
 ;; esac
 case "$PART" in c|all)
 run 90  python3 bench/bench_models.py --device cuda --amp --iters 10 --out "$OUT/models-cuda.md"

@@ -365,6 +365,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'iaunet_fastai.layers': { 'iaunet_fastai.layers.CIAU': ('layers.html#ciau', 'iaunet_fastai/layers.py'),
                                       'iaunet_fastai.layers.CIAU.__init__': ('layers.html#ciau.__init__', 'iaunet_fastai/layers.py'),
                                       'iaunet_fastai.layers.CIAU.aggregate': ('layers.html#ciau.aggregate', 'iaunet_fastai/layers.py'),
+                                      'iaunet_fastai.layers.CIAU.aggregate_fused': ( 'layers.html#ciau.aggregate_fused',
+                                                                                     'iaunet_fastai/layers.py'),
                                       'iaunet_fastai.layers.CIAU.forward': ('layers.html#ciau.forward', 'iaunet_fastai/layers.py'),
                                       'iaunet_fastai.layers.CompilableBlock': ('layers.html#compilableblock', 'iaunet_fastai/layers.py'),
                                       'iaunet_fastai.layers.CompilableBlock.__getstate__': ( 'layers.html#compilableblock.__getstate__',

@@ -123,6 +123,8 @@ def is_channels_last(x):
 class CIAU(nn.Module):
     "Channel IAU. `[B, C, H, W] -> [B, C, H, W]` (`nd=2`) or `[B, C, T, H, W] -> [B, C, T, H, W]` (`nd=3`)."
     matmul_precision = 'tf32'     # CUDA kernels of the two products: 'tf32', 'bf16' or 'fp32' (see `_bmm32`)
+    fused = None                  # `aggregate_fused` (one attention kernel, no [B, N, N] affinity stored): True, False,
+                                  # or None: on the CPU (measured faster there), not yet on CUDA
     def __init__(self, C:int, nd:int=2):
         super().__init__()
         self.C, self.nd = C, nd
@@ -130,6 +132,7 @@ class CIAU(nn.Module):
 
     def aggregate(self, x):
         "`y = softmax(g·gᵀ)·g` in `x`'s shape, dtype and memory layout."
+        if self.fused or (self.fused is None and x.device.type == 'cpu'): return self.aggregate_fused(x)
         B, pr = x.shape[0], self.matmul_precision
         low = x.dtype in (torch.bfloat16, torch.float16)
         with fp32_region(x):
@@ -143,6 +146,19 @@ class CIAU(nn.Module):
             g = g.reshape(B, -1, x.shape[-2]*x.shape[-1])                  # [B, N, HW], N = C (or C·T)
             A = torch.softmax(channel_gram(g, pr), -1)                     # [B, N, N] fp32
             return matmul32(A.to(g.dtype), g, pr).to(x.dtype).view(x.shape)
+
+    def aggregate_fused(self, x):
+        """`aggregate` as attention with queries = keys = values = `g` (`[B, 1, N, HW]`, scale 1) in one
+        `F.scaled_dot_product_attention`: the softmax runs in fp32 inside the kernel and the `[B, N, N]` affinity is
+        neither written nor kept for the backward. Under 'bf16' a low-precision map goes in as it is (`A` is rounded to
+        bf16 for `A·g`, as in the unfused 'bf16'); otherwise in fp32. The kernels need `HW` contiguous: a channels_last
+        map is copied to `[B, N, HW]` and `y` back to channels_last."""
+        low = x.dtype in (torch.bfloat16, torch.float16)
+        with fp32_region(x), _tf32(x.is_cuda and self.matmul_precision == 'tf32'):
+            g = x if x.dtype == torch.float64 or (low and self.matmul_precision == 'bf16') else x.float()
+            g = g.reshape(x.shape[0], 1, -1, x.shape[-2]*x.shape[-1]).contiguous()   # [B, 1, N, HW], HW contiguous
+            y = F.scaled_dot_product_attention(g, g, g, scale=1.).view(x.shape).to(x.dtype)
+            return y.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else y
 
     def forward(self, x): return x + self.update(self.aggregate(x))
 

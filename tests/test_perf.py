@@ -22,10 +22,12 @@ class _ContiguousCIAU(CIAU):
         A = torch.softmax(g @ g.transpose(1, 2), -1)
         return (A @ g).view(x.shape)
 
-def _block(ciau_cls=None):
+def _block(ciau_cls=None, fused=False):
+    "A block with non-zero updates; CIAU's products (`fused=False`, the CUDA default) unless `fused`."
     torch.manual_seed(0)
     blk = IAUBlock(32)
     if ciau_cls is not None: blk.ciau = ciau_cls(32)
+    blk.ciau.fused = fused
     nn.init.normal_(blk.ciau.update[1].weight); nn.init.normal_(blk.siau.update[1].weight)
     return blk.to(memory_format=torch.channels_last)
 
@@ -36,6 +38,10 @@ def test_iau_block_no_layout_copy_channels_last():
     assert is_channels_last(blk(x)[0])
     # the profiler does see such copies: the previous CIAU makes the update conv convert layouts
     assert map_copies(_block(_ContiguousCIAU), x) > 0
+    # the fused CIAU (the CPU default) pays for its attention kernel with three map copies (each seen as contiguous,
+    # clone and copy_): the map into the kernel's layout, the result back to channels_last, the input gradient
+    assert map_copies(_block(fused=True), x) == 3 * 3
+    assert is_channels_last(_block(fused=True)(x)[0])
 
 def test_loss_and_loop_do_not_sync_per_batch():
     "`ReIDLoss` keeps its terms as device tensors and calls no `.item()` (a host sync on a GPU)."
@@ -83,6 +89,10 @@ def test_iau_block_kernel_budget_bf16_channels_last():
     xf, gf = x.detach().float().requires_grad_(), g_out.float()
     ciau = dispatched_kernels(lambda: torch.autograd.backward(blk.ciau(xf), gf))
     assert ciau['_to_copy'] == 0, ciau            # fp32 map: no cast at all
+    blk.ciau.fused = True                         # one attention kernel forward and one backward, no products
+    c = dispatched_kernels(step)
+    assert sum(c.values()) <= 110 and c['bmm'] == 2 + 4, c
+    assert sum(v for k, v in c.items() if 'attention' in k) == 2, c
 
 def test_compiled_iau_blocks_train_in_the_fastai_loop(tmp_path):
     "`iaunet_learner(compile='iau')` fits and validates (train and eval shapes, partial last batch) with the real loop."
