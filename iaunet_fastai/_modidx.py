@@ -206,7 +206,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                        'iaunet_fastai/data.py'),
                                     'iaunet_fastai.data._AsyncToDevice._workers_key': ( 'data.html#_asynctodevice._workers_key',
                                                                                         'iaunet_fastai/data.py'),
-                                    'iaunet_fastai.data._AsyncToDevice.new': ('data.html#_asynctodevice.new', 'iaunet_fastai/data.py'),
                                     'iaunet_fastai.data._AsyncToDevice.sample': ( 'data.html#_asynctodevice.sample',
                                                                                   'iaunet_fastai/data.py'),
                                     'iaunet_fastai.data._AsyncToDevice.shutdown_workers': ( 'data.html#_asynctodevice.shutdown_workers',

@@ -373,13 +373,18 @@ class _AsyncToDevice:
     def __iter__(self):
         self.randomize(); self.before_iter()
         self._DataLoader__idxs = idxs = self.get_idxs()       # fastai's private epoch indices (read by `sample`)
+        it = self._batch_iter(idxs)
+        kept = it is getattr(self.__dict__.get('_workers'), '__getitem__', lambda i: None)(0)
+        if kept: self.__dict__['_in_use'] = True
         try:
-            for b in self._batch_iter(idxs):
+            for b in it:
                 if self.pin_memory and type(b) == list: b = tuple(b)
                 if self.device is not None: b = to_device(b, self.device, non_blocking=True)
                 yield self.after_batch(b)
         except GeneratorExit: raise                           # abandoned (`one_batch`, a stopped fit): workers reset next epoch
         except BaseException: self.shutdown_workers(); raise  # a failed epoch: fresh workers next time
+        finally:
+            if kept: self.__dict__['_in_use'] = False
         self.after_iter()
         if hasattr(self, 'it'): del self.it
 
@@ -391,8 +396,12 @@ class _AsyncToDevice:
         specs = encode_specs(idxs) if fl.persistent_workers else None
         if specs is None:
             self.shutdown_workers(); return _MultiProcessingDataLoaderIter(fl)
+        if self.__dict__.get('_in_use'):                      # a second iteration at once: workers of its own,
+            feed = self.__dict__.pop('_feed')                 # whose copy of the loader has no feed
+            try: return _MultiProcessingDataLoaderIter(fl)
+            finally: self.__dict__['_feed'] = feed
         key, st = self._workers_key(specs.shape[1]), self.__dict__.get('_workers')
-        if st is not None and st[1] == key and st[2].fits(specs):
+        if st is not None and st[1] == key and st[2].fits(specs) and all(w.is_alive() for w in st[0]._workers):
             it, _, feed = st
             feed.write(specs, torch.empty((), dtype=torch.int64).random_().item())   # the seed a new iterator draws
             it._reset(fl)                                     # workers drop what they were doing, read the feed
@@ -425,10 +434,6 @@ class _AsyncToDevice:
         "Stop this loader's persistent workers, if any (the next epoch starts new ones)."
         st = self.__dict__.pop('_workers', None); self.__dict__.pop('_feed', None)
         if st is not None: st[0]._shutdown_workers()
-
-    def new(self, dataset=None, cls=None, **kwargs):
-        kwargs.setdefault('persistent_workers', self.fake_l.persistent_workers)
-        return super().new(dataset, cls, **kwargs)
 
     def __getstate__(self):
         state = dict(self.__dict__); state.pop('_workers', None)   # worker processes are not pickled; the feed is

@@ -106,7 +106,8 @@ class Gram(torch.autograd.Function):
     def backward(ctx, dG):
         g, = ctx.saved_tensors
         S = dG + dG.transpose(1, 2)                                       # [B, N, N], symmetric
-        if ctx.precision == 'bf16': S = S.to(g.dtype)                     # the low-precision kernel, as in the forward
+        if ctx.precision == 'bf16' and g.dtype == torch.bfloat16: S = S.to(g.dtype)   # the bf16 kernel, as in the forward
+                                                                          # (fp16's range is too small for S: kept fp32)
         dg = _grad_like(g, lambda t: _bmm32(g.transpose(1, 2), S, ctx.precision).transpose(1, 2) if t   # (gᵀ·S)ᵀ
                                      else _bmm32(S, g, ctx.precision))
         return dg.to(g.dtype), None
@@ -136,7 +137,7 @@ class CIAU(nn.Module):
         B, pr = x.shape[0], self.matmul_precision
         low = x.dtype in (torch.bfloat16, torch.float16)
         with fp32_region(x):
-            g = x.float() if low and pr != 'bf16' else x                   # one cast for both products, layout kept
+            g = x.float() if low and not (pr == 'bf16' and x.dtype == torch.bfloat16) else x   # one cast for both products, layout kept
             if is_channels_last(g):
                 _, C, H, W = g.shape
                 gt = g.permute(0, 2, 3, 1).reshape(B, H*W, C)              # [B, HW, C], a view of the NHWC storage
@@ -150,12 +151,11 @@ class CIAU(nn.Module):
     def aggregate_fused(self, x):
         """`aggregate` as attention with queries = keys = values = `g` (`[B, 1, N, HW]`, scale 1) in one
         `F.scaled_dot_product_attention`: the softmax runs in fp32 inside the kernel and the `[B, N, N]` affinity is
-        neither written nor kept for the backward. Under 'bf16' a low-precision map goes in as it is (`A` is rounded to
-        bf16 for `A·g`, as in the unfused 'bf16'); otherwise in fp32. The kernels need `HW` contiguous: a channels_last
+        neither written nor kept for the backward. Under 'bf16' a bf16 map goes in as it is (`A` is rounded to bf16 for
+        `A·g`, as in the unfused 'bf16'); otherwise in fp32. The kernels need `HW` contiguous: a channels_last
         map is copied to `[B, N, HW]` and `y` back to channels_last."""
-        low = x.dtype in (torch.bfloat16, torch.float16)
         with fp32_region(x), _tf32(x.is_cuda and self.matmul_precision == 'tf32'):
-            g = x if x.dtype == torch.float64 or (low and self.matmul_precision == 'bf16') else x.float()
+            g = x if x.dtype == torch.float64 or (x.dtype == torch.bfloat16 and self.matmul_precision == 'bf16') else x.float()
             g = g.reshape(x.shape[0], 1, -1, x.shape[-2]*x.shape[-1]).contiguous()   # [B, 1, N, HW], HW contiguous
             y = F.scaled_dot_product_attention(g, g, g, scale=1.).view(x.shape).to(x.dtype)
             return y.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else y

@@ -50,7 +50,10 @@ def schp_dataset_of(n_classes:int) -> str:
 
 def class_lut(grouping, n_classes:int) -> np.ndarray:
     "`part_masks.grouping_lut` for the SCHP label set of `n_classes` classes (LIP 20, ATR 18, Pascal 7)."
-    return grouping_lut(grouping, SCHP_DATASETS[schp_dataset_of(n_classes)]['labels'])
+    try: ds = schp_dataset_of(n_classes)
+    except ReIDInputError: raise ReIDInputError(f"class_lut: n_classes must be that of an SCHP label set (LIP 20, ATR 18, "
+                                                f"Pascal 7), got {n_classes}") from None
+    return grouping_lut(grouping, SCHP_DATASETS[ds]['labels'])
 
 # %% ../nbs/04b_schp.ipynb #cfdb6f15
 class ActivatedBatchNorm(nn.Module):

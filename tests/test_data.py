@@ -320,7 +320,7 @@ def test_persistent_workers_give_the_batches_of_new_workers(kind, imgs, vids):
     assert pids[0] == pids[1] and len(pids[0]) == 2                         # the same two processes, every epoch
     assert d_kept.train.workers_alive and d_kept.valid.workers_alive and not d_new.train.workers_alive
     assert not d_kept.query.fake_l.persistent_workers                       # query/gallery are iterated once
-    assert d_kept.train.new().fake_l.persistent_workers
+    assert not d_kept.train.new().fake_l.persistent_workers                # copies (`get_preds`) are used once
     d_kept.valid.bs = 3                                                     # what the workers copied changed: new ones
     old = [w.pid for w in d_kept.valid.__dict__['_workers'][0]._workers]
     vb = list(d_kept.valid)
@@ -356,3 +356,29 @@ def test_persistent_workers_under_forkserver(tmp_path, imgs):
                        cwd=Path(__file__).resolve().parents[1], timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().endswith('SAME'), r.stdout + r.stderr[-2000:]
+
+
+def _alive_children():
+    import multiprocessing as mp
+    return len(mp.active_children())
+
+
+def test_persistent_workers_replaced_when_dead_and_concurrent_passes(imgs):
+    "Workers that exited between epochs (a Ctrl-C reaches them too) are replaced; two passes at once each get their batches."
+    import os, signal, time
+    new, _, _, _ = _epochs(imgs, False)
+    dls = reid_dls(imgs, size=SIZE, P=4, K=2, num_workers=2, seed=3)
+    first = list(dls.valid)
+    for w in dls.valid.__dict__['_workers'][0]._workers: os.kill(w.pid, signal.SIGINT)
+    time.sleep(0.5)
+    again = list(dls.valid)                                                 # no "worker exited unexpectedly"
+    assert len(again) == len(first) and all(torch.equal(a[0], b[0]) for a, b in zip(first, again))
+    assert all(w.is_alive() for w in dls.valid.__dict__['_workers'][0]._workers)
+    outer = iter(dls.valid); b0 = next(outer)
+    inner = list(dls.valid)                                                 # while `outer` is half-way
+    rest = [b0] + list(outer)
+    for x in (inner, rest): assert all(torch.equal(a[0], b[0]) for a, b in zip(first, x)) and len(x) == len(first)
+    n = _alive_children()
+    for _ in range(3): list(dls.valid.new())                               # one-pass copies leave no workers behind
+    time.sleep(0.5)
+    assert _alive_children() <= n

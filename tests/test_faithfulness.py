@@ -153,7 +153,7 @@ def _x(shape, seed=1, scale=0.5):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=DT) * scale
 
 @pytest.mark.parametrize('train', [True, False])
-def test_ciau_is_the_equation(train):
+def test_ciau_is_the_equation(train, ciau_path):
     C = 16; P = rand_params(C)
     sd = library_state(P, 2)
     for nd, x in [(2, _x((3, C, 8, 4))), (3, _x((3, C, 3, 4, 2)))]:
@@ -213,7 +213,7 @@ def test_siau_area_option_is_not_the_default():
     with torch.no_grad(): assert (blk(z)[0] - ref_siau(z, P, False)[0]).abs().max() > 1e-3
 
 @pytest.mark.parametrize('train', [True, False])
-def test_blocks_identity_at_init(train):
+def test_blocks_identity_at_init(train, ciau_path):
     x, x5 = _x((3, 32, 8, 4)), _x((2, 32, 3, 4, 2))
     with torch.no_grad():
         for blk, inp in [(IAUBlock(32), x), (IAUBlock3D(32, seq_len=3), x5)]:
