@@ -284,6 +284,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                  'iaunet_fastai/distributed.py'),
                                            'iaunet_fastai.distributed.ReIDDistributedTrainer._wrap_dl': ( 'distributed.html#reiddistributedtrainer._wrap_dl',
                                                                                                           'iaunet_fastai/distributed.py'),
+                                           'iaunet_fastai.distributed.ReIDDistributedTrainer.after_fit': ( 'distributed.html#reiddistributedtrainer.after_fit',
+                                                                                                           'iaunet_fastai/distributed.py'),
                                            'iaunet_fastai.distributed.ReIDDistributedTrainer.before_fit': ( 'distributed.html#reiddistributedtrainer.before_fit',
                                                                                                             'iaunet_fastai/distributed.py'),
                                            'iaunet_fastai.distributed.ReIDDistributedTrainer.before_validate': ( 'distributed.html#reiddistributedtrainer.before_validate',

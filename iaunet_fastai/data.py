@@ -414,9 +414,9 @@ class _AsyncToDevice:
 
     def _workers_key(self, width):
         "What the workers' copy of the loader depends on: other values need new workers."
-        fl = self.fake_l
+        fl, src = self.fake_l, self.__dict__.get('dl', self)   # a `DistributedDL` batches with the loader it wraps
         return (fl.num_workers, fl.pin_memory, fl.timeout, self.bs, self.drop_last, width, self.dataset,
-                self.after_item, self.before_batch)
+                src.after_item, src.before_batch)
 
     def sample(self):
         "fastai's `sample`; in a persistent worker, over the epoch's specs from the feed, reseeded as a new worker."

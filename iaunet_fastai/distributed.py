@@ -18,6 +18,7 @@ from fastai.torch_core import num_distrib, rank_distrib
 from fastai.callback.progress import ProgressCallback
 import fastai.distributed            # patches `Learner.distrib_ctx` (needs `accelerate`, a dependency)
 from fastai.distributed import DistributedDL, DistributedTrainer
+from .data import _AsyncToDevice
 
 # %% ../nbs/10d_distributed.ipynb #8de7c8bd
 def is_distributed() -> bool:
@@ -84,11 +85,13 @@ def broadcast_object(obj, src:int=0):
     return l[0]
 
 # %% ../nbs/10d_distributed.ipynb #f79923f9
-class ReIDDistributedDL(DistributedDL):
+class ReIDDistributedDL(_AsyncToDevice, DistributedDL):
     """fastai's `DistributedDL` whose index broadcast works with any backend (gloo on the CPU, NCCL on GPUs) and any
     picklable indices (the `(row, frames)` clip specs of video P×K loaders). Without a process group the indices are
     used as they are (e.g. to simulate a rank in a test; processes given the same seed draw the same ones). Started by
-    a launcher with several processes, it joins the process group if nothing did yet (`init_distributed`)."""
+    a launcher with several processes, it joins the process group if nothing did yet (`init_distributed`). Like the
+    library's own loaders it copies batches to the GPU without a host wait and keeps its loader workers between epochs
+    when the loader it wraps does (`reid_dls(persistent_workers=True)`)."""
     def _broadcast(self, t, rank):
         init_distributed()
         return list(broadcast_object(list(t), rank))
@@ -107,6 +110,11 @@ class ReIDDistributedTrainer(DistributedTrainer):
 
     def _wrap_dl(self, dl):
         return dl if isinstance(dl, DistributedDL) else ReIDDistributedDL(dl, device=_model_device(self.learn.model))
+
+    def after_fit(self):
+        for dl in self.learn.dls.loaders:                 # the wrappers go with this fit: so do their workers
+            if isinstance(dl, ReIDDistributedDL): dl.shutdown_workers()
+        super().after_fit()
 
     def before_validate(self):
         super().before_validate()

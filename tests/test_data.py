@@ -382,3 +382,21 @@ def test_persistent_workers_replaced_when_dead_and_concurrent_passes(imgs):
     for _ in range(3): list(dls.valid.new())                               # one-pass copies leave no workers behind
     time.sleep(0.5)
     assert _alive_children() <= n
+
+
+def test_distributed_wrapper_keeps_workers_and_batches(imgs):
+    "`ReIDDistributedDL` (what multi-GPU training wraps loaders in) keeps the workers of a persistent loader, same batches."
+    from iaunet_fastai.distributed import ReIDDistributedDL
+    out = {}
+    for pw in (False, True):
+        dls = reid_dls(imgs, size=SIZE, P=4, K=2, num_workers=2, seed=3, persistent_workers=pw)
+        ddl = ReIDDistributedDL(dls.train, rank=1, world_size=2)           # process 1 of 2 (no process group needed)
+        out[pw] = [list(ddl) for _ in range(2)]
+        if pw:
+            pids = [w.pid for w in ddl.__dict__['_workers'][0]._workers]
+            list(ddl)
+            assert [w.pid for w in ddl.__dict__['_workers'][0]._workers] == pids
+            ddl.shutdown_workers()
+    assert len(out[True][0]) == len(ddl) > 0
+    for ea, eb in zip(out[False], out[True]):
+        assert len(ea) == len(eb) and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ea, eb))
