@@ -382,7 +382,9 @@ class _AsyncToDevice:
                 if self.device is not None: b = to_device(b, self.device, non_blocking=True)
                 yield self.after_batch(b)
         except GeneratorExit: raise                           # abandoned (`one_batch`, a stopped fit): workers reset next epoch
-        except BaseException: self.shutdown_workers(); raise  # a failed epoch: fresh workers next time
+        except BaseException:                                 # a failed epoch: fresh workers next time (a second pass's
+            if kept: self.shutdown_workers()                  # own workers end with it; the kept ones are not its)
+            raise
         finally:
             if kept: self.__dict__['_in_use'] = False
         self.after_iter()
@@ -397,9 +399,10 @@ class _AsyncToDevice:
         if specs is None:
             self.shutdown_workers(); return _MultiProcessingDataLoaderIter(fl)
         if self.__dict__.get('_in_use'):                      # a second iteration at once: workers of its own,
-            feed = self.__dict__.pop('_feed')                 # whose copy of the loader has no feed
+            feed = self.__dict__.pop('_feed', None)           # whose copy of the loader has no feed
             try: return _MultiProcessingDataLoaderIter(fl)
-            finally: self.__dict__['_feed'] = feed
+            finally:
+                if feed is not None: self.__dict__['_feed'] = feed
         key, st = self._workers_key(specs.shape[1]), self.__dict__.get('_workers')
         if st is not None and st[1] == key and st[2].fits(specs) and all(w.is_alive() for w in st[0]._workers):
             it, _, feed = st
@@ -436,7 +439,8 @@ class _AsyncToDevice:
         if st is not None: st[0]._shutdown_workers()
 
     def __getstate__(self):
-        state = dict(self.__dict__); state.pop('_workers', None)   # worker processes are not pickled; the feed is
+        state = dict(self.__dict__); state.pop('_workers', None); state.pop('_in_use', None)   # processes and passes are
+                                                                                             # not pickled; the feed is
         return state
 
 class PKDataLoader(_AsyncToDevice, _ShowMixin, TfmdDL):

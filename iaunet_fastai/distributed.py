@@ -91,7 +91,12 @@ class ReIDDistributedDL(_AsyncToDevice, DistributedDL):
     used as they are (e.g. to simulate a rank in a test; processes given the same seed draw the same ones). Started by
     a launcher with several processes, it joins the process group if nothing did yet (`init_distributed`). Like the
     library's own loaders it copies batches to the GPU without a host wait and keeps its loader workers between epochs
-    when the loader it wraps does (`reid_dls(persistent_workers=True)`)."""
+    when the loader it wraps does (`reid_dls(persistent_workers=True)`): the wrapper takes over (the wrapped loader's
+    own idle workers are stopped)."""
+    def __init__(self, dl, *args, **kwargs):
+        if isinstance(dl, _AsyncToDevice): dl.shutdown_workers()
+        super().__init__(dl, *args, **kwargs)
+
     def _broadcast(self, t, rank):
         init_distributed()
         return list(broadcast_object(list(t), rank))
@@ -110,6 +115,10 @@ class ReIDDistributedTrainer(DistributedTrainer):
 
     def _wrap_dl(self, dl):
         return dl if isinstance(dl, DistributedDL) else ReIDDistributedDL(dl, device=_model_device(self.learn.model))
+
+    def after_validate(self):
+        dl = self.learn.dl                                # wrapped for this one pass (`learn.validate`, `get_preds`)
+        if isinstance(dl, ReIDDistributedDL) and not any(dl is d for d in self.learn.dls.loaders): dl.shutdown_workers()
 
     def after_fit(self):
         for dl in self.learn.dls.loaders:                 # the wrappers go with this fit: so do their workers

@@ -131,13 +131,17 @@ class CIAU(nn.Module):
         self.C, self.nd = C, nd
         self.update = conv_bn(C, C, nd=nd, zero_bn=True)
 
+    def precision_for(self, x):
+        "`matmul_precision` for the map `x`: an fp16 map (whose range is too small for the gradients) runs as under 'tf32'."
+        return 'tf32' if self.matmul_precision == 'bf16' and x.dtype == torch.float16 else self.matmul_precision
+
     def aggregate(self, x):
         "`y = softmax(g·gᵀ)·g` in `x`'s shape, dtype and memory layout."
         if self.fused or (self.fused is None and x.device.type == 'cpu'): return self.aggregate_fused(x)
-        B, pr = x.shape[0], self.matmul_precision
+        B, pr = x.shape[0], self.precision_for(x)
         low = x.dtype in (torch.bfloat16, torch.float16)
         with fp32_region(x):
-            g = x.float() if low and not (pr == 'bf16' and x.dtype == torch.bfloat16) else x   # one cast for both products, layout kept
+            g = x.float() if low and pr != 'bf16' else x                   # one cast for both products, layout kept
             if is_channels_last(g):
                 _, C, H, W = g.shape
                 gt = g.permute(0, 2, 3, 1).reshape(B, H*W, C)              # [B, HW, C], a view of the NHWC storage
@@ -154,8 +158,9 @@ class CIAU(nn.Module):
         neither written nor kept for the backward. Under 'bf16' a bf16 map goes in as it is (`A` is rounded to bf16 for
         `A·g`, as in the unfused 'bf16'); otherwise in fp32. The kernels need `HW` contiguous: a channels_last
         map is copied to `[B, N, HW]` and `y` back to channels_last."""
-        with fp32_region(x), _tf32(x.is_cuda and self.matmul_precision == 'tf32'):
-            g = x if x.dtype == torch.float64 or (x.dtype == torch.bfloat16 and self.matmul_precision == 'bf16') else x.float()
+        pr = self.precision_for(x)
+        with fp32_region(x), _tf32(x.is_cuda and pr == 'tf32'):
+            g = x if x.dtype == torch.float64 or (x.dtype == torch.bfloat16 and pr == 'bf16') else x.float()
             g = g.reshape(x.shape[0], 1, -1, x.shape[-2]*x.shape[-1]).contiguous()   # [B, 1, N, HW], HW contiguous
             y = F.scaled_dot_product_attention(g, g, g, scale=1.).view(x.shape).to(x.dtype)
             return y.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else y

@@ -378,6 +378,14 @@ def test_persistent_workers_replaced_when_dead_and_concurrent_passes(imgs):
     inner = list(dls.valid)                                                 # while `outer` is half-way
     rest = [b0] + list(outer)
     for x in (inner, rest): assert all(torch.equal(a[0], b[0]) for a, b in zip(first, x)) and len(x) == len(first)
+    outer = iter(dls.valid); b0 = next(outer)                               # a second pass that fails half-way
+    inner = iter(dls.valid); next(inner)
+    with pytest.raises(RuntimeError, match='simulated'): inner.throw(RuntimeError('simulated failure'))
+    assert len(list(dls.valid)) == len(first)                               # a third pass, while `outer` is held
+    rest = [b0] + list(outer)                                               # `outer` still gets all its batches
+    assert len(rest) == len(first) and all(torch.equal(a[0], b[0]) for a, b in zip(first, rest))
+    import pickle
+    assert '_in_use' not in pickle.loads(pickle.dumps(dls.valid)).__dict__
     n = _alive_children()
     for _ in range(3): list(dls.valid.new())                               # one-pass copies leave no workers behind
     time.sleep(0.5)
@@ -390,7 +398,9 @@ def test_distributed_wrapper_keeps_workers_and_batches(imgs):
     out = {}
     for pw in (False, True):
         dls = reid_dls(imgs, size=SIZE, P=4, K=2, num_workers=2, seed=3, persistent_workers=pw)
+        list(dls.train); assert dls.train.workers_alive == pw                # an epoch before the wrapping, in both
         ddl = ReIDDistributedDL(dls.train, rank=1, world_size=2)           # process 1 of 2 (no process group needed)
+        assert not dls.train.workers_alive                                  # the wrapper takes over: no idle second set
         out[pw] = [list(ddl) for _ in range(2)]
         if pw:
             pids = [w.pid for w in ddl.__dict__['_workers'][0]._workers]
