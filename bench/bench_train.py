@@ -31,7 +31,7 @@ from iaunet_fastai.part_masks import precompute_part_masks
 from iaunet_fastai.data import reid_dls
 from iaunet_fastai.learner import iaunet_learner, TorchAdam
 from iaunet_fastai.losses import ReIDLoss
-from iaunet_fastai.layers import CIAU
+from iaunet_fastai.layers import CIAU, MATMUL_PRECISIONS
 
 def _pair(s, sep=','): return tuple(int(v) for v in str(s).replace('x', sep).split(sep))
 
@@ -186,9 +186,9 @@ def main(argv=None):
     out = Path(args.out or Path(__file__).parent/'results'/f'train-{device.type}.md')
     seed_everything(0)
     if cuda: torch.backends.cudnn.benchmark = True
-    if args.ciau:
-        CIAU.fused = args.ciau.startswith('fused')
-        CIAU.matmul_precision = 'bf16' if args.ciau == 'fused-bf16' else args.ciau if not CIAU.fused else CIAU.matmul_precision
+    if args.ciau:                                   # 'fused', a precision, or 'fused-<precision>'
+        CIAU.fused, pr = args.ciau.startswith('fused'), args.ciau.split('-')[-1]
+        if pr in MATMUL_PRECISIONS: CIAU.matmul_precision = pr
     df, masks = world(args)
     dls = make_dls(df, masks, args, device)
     bs = dls.train.bs

@@ -9,7 +9,7 @@ processes every epoch (`reid_dls(persistent_workers=False)`, fastai's behaviour)
 `fork` is Linux's default up to Python 3.13; Python 3.14 made `forkserver` the default on Linux (`spawn` is macOS's and
 Windows', where fastai runs without workers). Each configuration runs in its own process: `--epochs` epochs of train
 then valid; reported are the first-batch latency of an epoch (median over the epochs after the first) and the whole
-epoch (median over the same epochs). Writes bench/results/workers-<device>.md (see bench/collect.py).
+epoch (median over the same epochs). Writes bench/results/workers-cpu.md (see bench/collect.py).
 """
 import argparse, datetime, json, os, platform, subprocess, sys, time
 from pathlib import Path
@@ -73,7 +73,6 @@ def main():
             print(method, 'kept' if persistent else 'new', {k: (round(med(v['first'][1:]), 3), round(med(v['whole'][1:]), 3))
                                                            for k, v in r.items()}, flush=True)
     import torch
-    dev = 'cpu'
     head = (f"## Loader workers per epoch (`bench/bench_workers.py`)\n\n`python bench/bench_workers.py --methods {args.methods} "
             f"--workers {args.workers} --epochs {args.epochs} --pk {args.pk} --size {args.size}` — "
             f"{datetime.datetime.utcnow():%Y-%m-%d}, {platform.machine()}, {os.cpu_count()} cores, Python "
@@ -89,7 +88,7 @@ def main():
     nb = rows[0][2]
     text = head + '\n' + '\n'.join(tab) + (f"\n\nThe train loader has {nb['train']['batches']} batches per epoch here and "
                                            f"the valid loader {nb['valid']['batches']}.\n")
-    out = Path(args.out or ROOT/'bench'/'results'/f'workers-{dev}.md')
+    out = Path(args.out or ROOT/'bench'/'results'/'workers-cpu.md')   # the batches stay on the CPU
     out.parent.mkdir(parents=True, exist_ok=True); out.write_text(text)
     print(text)
 

@@ -204,6 +204,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                     'iaunet_fastai/data.py'),
                                     'iaunet_fastai.data._AsyncToDevice._batch_iter': ( 'data.html#_asynctodevice._batch_iter',
                                                                                        'iaunet_fastai/data.py'),
+                                    'iaunet_fastai.data._AsyncToDevice._live_workers': ( 'data.html#_asynctodevice._live_workers',
+                                                                                         'iaunet_fastai/data.py'),
                                     'iaunet_fastai.data._AsyncToDevice._workers_key': ( 'data.html#_asynctodevice._workers_key',
                                                                                         'iaunet_fastai/data.py'),
                                     'iaunet_fastai.data._AsyncToDevice.sample': ( 'data.html#_asynctodevice.sample',

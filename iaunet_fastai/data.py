@@ -374,7 +374,8 @@ class _AsyncToDevice:
         self.randomize(); self.before_iter()
         self._DataLoader__idxs = idxs = self.get_idxs()       # fastai's private epoch indices (read by `sample`)
         it = self._batch_iter(idxs)
-        kept = it is getattr(self.__dict__.get('_workers'), '__getitem__', lambda i: None)(0)
+        st = self.__dict__.get('_workers')
+        kept = st is not None and it is st[0]
         if kept: self.__dict__['_in_use'] = True
         try:
             for b in it:
@@ -403,8 +404,8 @@ class _AsyncToDevice:
             try: return _MultiProcessingDataLoaderIter(fl)
             finally:
                 if feed is not None: self.__dict__['_feed'] = feed
-        key, st = self._workers_key(specs.shape[1]), self.__dict__.get('_workers')
-        if st is not None and st[1] == key and st[2].fits(specs) and all(w.is_alive() for w in st[0]._workers):
+        key, st = self._workers_key(specs.shape[1]), self._live_workers()
+        if st is not None and st[1] == key and st[2].fits(specs):
             it, _, feed = st
             feed.write(specs, torch.empty((), dtype=torch.int64).random_().item())   # the seed a new iterator draws
             it._reset(fl)                                     # workers drop what they were doing, read the feed
@@ -430,8 +431,13 @@ class _AsyncToDevice:
         if seed is not None: set_seed(seed + info.id); self.wif()   # what fastai's worker init does, every epoch
         return (b for i, b in enumerate(idxs) if i//(self.bs or 1) % self.num_workers == self.offs)
 
+    def _live_workers(self):
+        "`(iterator, key, feed)` of the kept workers if they are all running (a Ctrl-C ends them too), else None."
+        st = self.__dict__.get('_workers')
+        return st if st is not None and all(w.is_alive() for w in st[0]._workers) else None
+
     @property
-    def workers_alive(self) -> bool: return '_workers' in self.__dict__
+    def workers_alive(self) -> bool: return self._live_workers() is not None
 
     def shutdown_workers(self):
         "Stop this loader's persistent workers, if any (the next epoch starts new ones)."
