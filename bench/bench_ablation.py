@@ -88,9 +88,8 @@ def main():
         for name in MODELS:
             runs.append(library_run(name, seed, tmp, a.epochs, a.arch, a.preset))
             print(json.dumps(runs[-1]), flush=True)
-    md = ablation_md(runs, a)
-    (ROOT/'bench'/'results'/'ablation.md').write_text(md)
-    print(md)
+        (ROOT/'bench'/'results'/'ablation.md').write_text(ablation_md(runs, a))   # after every seed
+    print((ROOT/'bench'/'results'/'ablation.md').read_text())
 
 
 if __name__ == '__main__': main()

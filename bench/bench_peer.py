@@ -88,7 +88,8 @@ def peer_md(runs, a, have_peer) -> str:
     return '\n'.join([
         '## Side by side with torchreid (synthetic Market-1501, from scratch, CPU)', '',
         f"Command: `PYTHONPATH=/work/peers/pydeps:/work/peers/deep-person-reid .venv/bin/python bench/bench_peer.py --seeds "
-        f"{' '.join(map(str, a.seeds))} --epochs {a.epochs}` (torchreid f8cd150 built from source, see /work/peers/TORCHREID_READY)  ",
+        f"{' '.join(map(str, a.seeds))}" + (f" --peer-seeds {' '.join(map(str, a.peer_seeds))}" if a.peer_seeds else '')
+        + f" --epochs {a.epochs}` (torchreid f8cd150 built from source, see /work/peers/TORCHREID_READY)  ",
         machine_line() + '  ',
         f"Setting: one `{a.preset}` world (world seed 0; torchreid's own `Market1501` class parses the same folder), resnet18 "
         f"from scratch at 128×64, P×K 16×4, {a.epochs} epochs, CE with label smoothing + batch-hard triplet 0.3 on both "
@@ -100,9 +101,21 @@ def peer_md(runs, a, have_peer) -> str:
         *summary_rows(runs, models), '', *per_seed_rows(runs), '', check, ''])
 
 
+def write_results(runs, a, have_peer):
+    "bench/results/peer.md, peer-runs.json and (unless --no-ablation) ablation.md from the runs so far."
+    out = ROOT/'bench'/'results'
+    (out/'peer.md').write_text(peer_md(runs, a, have_peer))
+    (out/'peer-runs.json').write_text(json.dumps(runs, indent=1))
+    if a.no_ablation: return
+    cmd = (f"`bench/bench_peer.py --seeds {' '.join(map(str, a.seeds))} --epochs {a.epochs}` (its library rows: the "
+           "same runs as `bench/bench_ablation.py` with these seeds, interleaved with torchreid's)")
+    (out/'ablation.md').write_text(ablation_md([r for r in runs if r['model'] in MODELS], a, cmd))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
+    p.add_argument('--peer-seeds', type=int, nargs='+', help="torchreid's seeds (default: --seeds)")
     p.add_argument('--epochs', type=int, default=CPU_RECIPE['epochs'])
     p.add_argument('--arch', default=CPU_RECIPE['arch'])
     p.add_argument('--preset', default='small', choices=['tiny', 'small', 'medium'])
@@ -117,19 +130,15 @@ def main(argv=None):
     if rest: p.error(f'unrecognized arguments: {rest}')
     have_peer = not a.no_peer and torchreid_available()
     tmp = Path(tempfile.mkdtemp())
+    peer_seeds = a.seeds if a.peer_seeds is None else a.peer_seeds
     runs = []
     for seed in a.seeds:
-        if have_peer: runs.append(torchreid_run(seed, torchreid_world(tmp, a.preset), a.epochs))
+        n = len(runs)
+        if have_peer and seed in peer_seeds: runs.append(torchreid_run(seed, torchreid_world(tmp, a.preset), a.epochs))
         for name in MODELS: runs.append(library_run(name, seed, tmp, a.epochs, a.arch, a.preset))
-        for r in runs[-(len(MODELS) + have_peer):]: print(json.dumps(r), flush=True)
-    out = ROOT/'bench'/'results'
-    (out/'peer.md').write_text(peer_md(runs, a, have_peer))
-    if not a.no_ablation:
-        cmd = (f"`bench/bench_peer.py --seeds {' '.join(map(str, a.seeds))} --epochs {a.epochs}` (its library rows: the "
-               "same runs as `bench/bench_ablation.py` with these seeds, interleaved with torchreid's)")
-        (out/'ablation.md').write_text(ablation_md([r for r in runs if r['model'] in MODELS], a, cmd))
-    (out/'peer-runs.json').write_text(json.dumps(runs, indent=1))
-    print((out/'peer.md').read_text())
+        for r in runs[n:]: print(json.dumps(r), flush=True)
+        write_results(runs, a, have_peer)                 # after every seed: a stopped run leaves what it measured
+    print((ROOT/'bench'/'results'/'peer.md').read_text())
     return 0
 
 

@@ -25,6 +25,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                     'iaunet_fastai/callbacks.py'),
                                          'iaunet_fastai.callbacks.RetrievalEvaluator.after_validate': ( 'callbacks.html#retrievalevaluator.after_validate',
                                                                                                         'iaunet_fastai/callbacks.py'),
+                                         'iaunet_fastai.callbacks.RetrievalEvaluator.before_epoch': ( 'callbacks.html#retrievalevaluator.before_epoch',
+                                                                                                      'iaunet_fastai/callbacks.py'),
                                          'iaunet_fastai.callbacks.RetrievalEvaluator.before_fit': ( 'callbacks.html#retrievalevaluator.before_fit',
                                                                                                     'iaunet_fastai/callbacks.py'),
                                          'iaunet_fastai.callbacks.RetrievalEvaluator.before_validate': ( 'callbacks.html#retrievalevaluator.before_validate',
