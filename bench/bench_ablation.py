@@ -88,7 +88,7 @@ def main():
         for name in MODELS:
             runs.append(library_run(name, seed, tmp, a.epochs, a.arch, a.preset))
             print(json.dumps(runs[-1]), flush=True)
-        (ROOT/'bench'/'results'/'ablation.md').write_text(ablation_md(runs, a))   # after every seed
+            (ROOT/'bench'/'results'/'ablation.md').write_text(ablation_md(runs, a))   # after every run
     print((ROOT/'bench'/'results'/'ablation.md').read_text())
 
 
