@@ -60,20 +60,27 @@ def files(tmp_path_factory):
         for cam in (1, 2, 3):
             a = np.clip(base + rng.integers(-30, 30, base.shape), 0, 255).astype(np.uint8)
             Image.fromarray(a).save(root/'imgs'/f'{pid:04d}_c{cam}s1_000001_00.jpg')
-    for seed, name in ((0, 'model.pth'), (1, 'other.pth')):
+    for seed, name in ((0, 'model'), (1, 'other')):
         torch.manual_seed(seed)
         m = IAUnet('resnet18', 4, pretrained=False).eval(); m.reid_config = dict(img_size=list(SIZE))
-        save_reid_model(m, root/name)
+        save_reid_model(m, root/f'{name}.pth')
     return root
 
 
-def test_build_add_load_search_where(files, tmp_path):
+@pytest.fixture(scope='module')
+def models(files):
+    "The two models of `files`, loaded once (loading a model file is the slow part of these tests)."
+    from iaunet_fastai.inference import load_reid_model
+    return load_reid_model(files/'model.pth'), load_reid_model(files/'other.pth')
+
+
+def test_build_add_load_search_where(files, models, tmp_path):
     imgs = sorted(str(p) for p in (files/'imgs').glob('*.jpg'))
     gal = ReIDGallery.build(files/'model.pth', imgs[:15], tmp_path/'g', chunk=4, progress=False)
     gal = gal.add(imgs[15:], progress=False)
     gal = ReIDGallery.load(tmp_path/'g')
     assert len(gal) == 24 and len(gal.shards) == 2 and gal.meta.pid.tolist() == [int(Path(p).name[:4]) for p in imgs]
-    e = embed(files/'model.pth', imgs)
+    e = embed(models[0], imgs)
     np.testing.assert_allclose(np.concatenate(gal.shards), e.features, atol=1e-5)
     res = gal.search(imgs[:2], k=4)
     assert res.groupby('query').size().tolist() == [4, 4] and res['rank'].tolist()[:4] == [1, 2, 3, 4]
@@ -88,16 +95,17 @@ def test_build_add_load_search_where(files, tmp_path):
     with pytest.raises(ReIDInputError, match='not found'): gal.add([str(files/'missing.jpg')])
 
 
-def test_foreign_model_is_refused(files, tmp_path):
+def test_foreign_model_is_refused(files, models, tmp_path):
     imgs = sorted(str(p) for p in (files/'imgs').glob('*.jpg'))
-    gal = ReIDGallery.build(files/'model.pth', imgs[:6], tmp_path/'g', progress=False)
-    other = embed(files/'other.pth', imgs[:2])
+    mine, theirs = models
+    gal = ReIDGallery.build(mine, imgs[:6], tmp_path/'g', progress=False)
+    other = embed(theirs, imgs[:2])
     assert other.fingerprint != gal.fingerprint
     with pytest.raises(ReIDInputError, match='another model'): gal.search(other)
-    with pytest.raises(ReIDInputError, match='another model'): gal.search(imgs[:2], model=files/'other.pth')
-    with pytest.raises(ReIDInputError, match='another model'): gal.add(imgs[6:8], model=files/'other.pth')
+    with pytest.raises(ReIDInputError, match='another model'): gal.search(imgs[:2], model=theirs)
+    with pytest.raises(ReIDInputError, match='another model'): gal.add(imgs[6:8], model=theirs)
     with pytest.raises(ReIDInputError, match='dim'): gal.search(np.ones((2, 7), np.float32))
-    assert len(gal.search(embed(files/'model.pth', imgs[:1]), k=2)) == 2      # the same model's embeddings are accepted
+    assert len(gal.search(embed(mine, imgs[:1]), k=2)) == 2                   # the same model's embeddings are accepted
 
 
 KILL_SCRIPT = textwrap.dedent('''
@@ -111,7 +119,7 @@ KILL_SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_killed_build_resumes(files, tmp_path):
+def test_killed_build_resumes(files, models, tmp_path):
     "A build killed with SIGKILL mid-way continues from its progress record and ends equal to an uninterrupted one."
     out = tmp_path/'g'
     env = {**os.environ, 'PYTHONPATH': str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', '')}
@@ -136,7 +144,7 @@ def test_killed_build_resumes(files, tmp_path):
     try: gal = ReIDGallery.build(files/'model.pth', files/'imgs', out, chunk=3, progress=False)
     finally: FeatureExtractor.__call__ = orig
     assert sum(calls) == 24 - done and gal.pending is None and not rec.exists()
-    ref = embed(files/'model.pth', gal.meta['item'])
+    ref = embed(models[0], gal.meta['item'])
     np.testing.assert_allclose(np.asarray(gal.shards[0]), ref.features, atol=1e-5)
 
 
