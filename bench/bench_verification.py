@@ -1,7 +1,7 @@
 """Benchmark open-set verification (`verification_report`): time and peak extra memory at Market-1501 and MSMT17 size,
 and (Market size) equality with scikit-learn's `roc_curve`/`roc_auc_score` on the explicit 53 M pairs.
 
-    .venv/bin/python bench/bench_verification.py                 # market (+ sklearn check) and msmt, writes bench/results/verification.md
+    .venv/bin/python bench/bench_verification.py                 # market (+ sklearn check) and msmt, writes bench/results/verification-market-msmt.md
     .venv/bin/python bench/bench_verification.py --skip-market --dim 2048
 
 Each part runs in its own subprocess so that its peak extra memory (ru_maxrss after the run minus the resident size
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/'bench'))
 from bench_metrics import make_set, rss_mb, peak_mb   # noqa: E402
 
-OUT = ROOT/'bench'/'results'/'verification.md'
+OUT = ROOT/'bench'/'results'/'verification-{}.md'   # per set of sizes run
 SIZES = dict(market=(3368, 15913, 751, 2793), msmt=(11659, 82161, 3060, 0))
 FPRS = (1e-4, 1e-3, 1e-2)
 
@@ -81,8 +81,9 @@ def main():
         lines.append(f"| {p} {r['Q']:,}×{r['G']:,} | {r['n_pos']:,} / {r['n_neg']:,} / {r['n_junk']:,} | {r['secs']:.1f} s ({r['cpu_secs']:.0f} s) | "
                      f"{r['peak_extra_mb']:.0f} MB | {r['auc']:.6f} | {r['eer']:.6f} | "
                      f"{' / '.join(f'{v:.4f}' for v in r['tpr'].values())} | {chk} |")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text('\n'.join(lines) + '\n')
+    out = Path(str(OUT).format('-'.join(parts)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text('\n'.join(lines) + '\n')
     print('\n'.join(lines))
 
 

@@ -77,3 +77,23 @@ def _plain_model(tmp_path):
     from iaunet_fastai.models import IAUnet
     from iaunet_fastai.inference import save_reid_model
     return save_reid_model(IAUnet('resnet18', num_classes=3, pretrained=False), tmp_path/'plain.pth')
+
+
+def test_feature_extractor_verifies_tracklets_and_images():
+    "A video model's extractor takes one tracklet (a list of frames) or a list of tracklets per side; images likewise."
+    from iaunet_fastai.models import IAUnet, VideoIAUnet
+    from iaunet_fastai.inference import FeatureExtractor
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (64, 32, 3), dtype=np.uint8) for _ in range(5)]
+    pids = np.repeat(np.arange(6), 4)
+    feats = torch.nn.functional.normalize(torch.randn(6, 8)[pids] + .5 * torch.randn(24, 8), dim=1)
+    v = fit_verifier(feats, pids)
+    for m, a, b in ((VideoIAUnet('resnet18', num_classes=3, seq_len=2, pretrained=False), frames[:3], [frames[:3], frames[2:]]),
+                    (IAUnet('resnet18', num_classes=3, pretrained=False), frames[0], [frames[0], frames[1]])):
+        m.verifier = v
+        fx = FeatureExtractor(m.eval(), size=(64, 32), device='cpu', distributed=False)
+        r = fx.verify(a, b[:1])
+        assert r['same'].tolist() == [True] and r['distance'].abs().max() < 1e-5     # the same item: distance 0
+        with pytest.raises(ReIDInputError, match='pairs'): fx.verify(a, b)           # 1 item vs 2
+    m.verifier = None
+    with pytest.raises(ReIDInputError, match='no verifier'): FeatureExtractor(m, device='cpu').verify(frames[0], frames[1])
