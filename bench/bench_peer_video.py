@@ -88,8 +88,7 @@ def run_library(name, df, a, seed, tmp):
     tr = df[df.split == 'train']
     dls = reid_dls(tr, size=a.size, P=a.P, K=a.K, seq_len=a.seq_len, sample_stride=a.lib_stride, seed=seed,
                    num_workers=a.workers, train_only=True)
-    mk = dict(zero_init_last=False)                          # the authors' init (issue 22 makes it the default)
-    learn = iaunet_learner(dls, a.arch, pretrained=False, path=tmp, model_kwargs=mk, **LIB[name])
+    learn = iaunet_learner(dls, a.arch, pretrained=False, path=tmp, **LIB[name])   # from scratch: the authors' init
     n_frames = len(dls.train) * a.P * a.K * a.seq_len * a.epochs
     t0 = time.perf_counter()
     with learn.no_bar(), learn.no_logging():
@@ -233,8 +232,15 @@ def parse(argv=None):
     return a
 
 
-def main(a=None):
-    a = a if isinstance(a, argparse.Namespace) else parse(a)
+def from_bench_peer(a, rest):
+    "The options of `bench/bench_peer.py --video ...` (its --seeds, --epochs, --arch, --preset, --no-peer; the rest as is)."
+    argv = ['--preset', a.preset, '--seeds', ','.join(map(str, a.seeds)), '--epochs', str(a.epochs), '--arch', a.arch]
+    return parse(argv + (['--configs', 'baseline,VideoIAUnet'] if a.no_peer else []) + list(rest or []))
+
+
+def main(a=None, rest=None):
+    a = from_bench_peer(a, rest) if isinstance(a, argparse.Namespace) and not hasattr(a, 'configs') else \
+        a if isinstance(a, argparse.Namespace) else parse(a)
     tmp = Path(tempfile.mkdtemp(prefix='peer-video-'))
     a.data = a.data or str(tmp/'synth')
     world, df = world_frame(a)
