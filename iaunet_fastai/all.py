@@ -7,6 +7,7 @@ from .part_masks import *
 from .schp import *
 from .layers import *
 from .models import *
+from .classifier import *
 from .losses import *
 from .metrics import *
 from .callbacks import *
