@@ -3,16 +3,19 @@
 schedule (`fit_one_cycle`), from scratch, several seeds, on two small classification tasks:
 
 * `digits`: scikit-learn's handwritten digits (1,797 real 8×8 scans), upsampled to `--size` px, 80/20 stratified split;
-* `synth`: the synthetic reID world's training identities (`make_synthetic_reid(preset='small')`, Market-1501 layout,
-  64×32 px) as classes, 75/25 split per identity.
+* `synth`: the synthetic reID world's training identities (`make_synthetic_reid(preset='small', n_train_ids=30)`,
+  Market-1501 layout, 64×32 px) as classes, 75/25 split per identity.
 
-    .venv/bin/python bench/bench_classify.py [--seeds 5] [--configs fastai,plain,ciau,iau] [--tasks digits,synth]
+    .venv/bin/python bench/bench_classify.py [--seeds 5] [--configs fastai,ciau,iau] [--tasks digits,synth]
     .venv/bin/python bench/bench_classify.py --summarize        # only rewrite bench/results/classify.md
 
 Configurations, interleaved per seed (so machine load affects all alike):
 * `fastai`: `vision_learner(dls, arch, pretrained=False)` -- timm's init (zero-initialised last BN of each residual block);
-* `plain`: `iau_vision_learner(dls, arch, iau_stages=())` -- the same network without blocks, from `iau_classifier`'s init;
-* `ciau`, `iau`: `iau_vision_learner(dls, arch, blocks=...)` with blocks after stages 2 and 3.
+* `plain`: `iau_vision_learner(dls, arch, iau_stages=())` -- the same network without blocks, from the authors' init
+  (no zero-initialised residual BN: `timm_stages` from scratch);
+* `ciau`, `iau`: `iau_vision_learner(dls, arch, blocks=...)` with blocks after stages 2 and 3 (the authors' init);
+* `iau-timm`: `iau` with timm's init (`zero_init_last=True`), to compare the inits with blocks.
+The default runs `fastai,ciau,iau`; `plain` and `iau-timm` are there for the init comparison.
 Each run appends one JSON line to bench/results/classify.jsonl (accuracy, train and inference images/s, parameters,
 multiply-adds per image, load average, commit); the summary (mean ± std over seeds, min-max) goes to classify.md.
 The loaders hold the images as tensors in memory, so the images/s measure the model, not image decoding."""
@@ -29,7 +32,7 @@ from fastai.data.core import DataLoaders
 from iaunet_fastai.classifier import iau_vision_learner
 
 OUT = ROOT/'bench'/'results'
-CONFIGS = ('fastai', 'plain', 'ciau', 'iau')
+CONFIGS = ('fastai', 'plain', 'ciau', 'iau', 'iau-timm')
 
 def split(y, frac, seed=0):
     "Stratified split: indices of (train, valid), `frac` of each class to valid."
@@ -46,11 +49,12 @@ def digits_task(size):
     x = F.interpolate(x, size=(size, size), mode='bicubic', align_corners=False).clamp(0, 1).expand(-1, 3, -1, -1)
     return x.contiguous(), torch.tensor(d.target), 0.2
 
-def synth_task(tmp):
+def synth_task(tmp, n_ids):
     from PIL import Image
     from iaunet_fastai.synthetic import make_synthetic_reid
     from iaunet_fastai.datasets import market1501_df
-    root = make_synthetic_reid(tmp/'synth', preset='small', img_size=(64, 32), datasets=('market1501',), seed=0)
+    root = make_synthetic_reid(tmp/'synth', preset='small', img_size=(64, 32), datasets=('market1501',), seed=0,
+                               n_train_ids=n_ids, n_test_ids=1, n_junk=0, n_distractors=0)
     df = market1501_df(root/'Market-1501')
     df = df[df.split == 'train'].reset_index(drop=True)
     x = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert('RGB'))).permute(2, 0, 1) for p in df.path]).float() / 255
@@ -68,7 +72,8 @@ def make_learner(cfg, dls, arch):
     kw = dict(pretrained=False, metrics=accuracy, loss_func=CrossEntropyLossFlat())
     if cfg == 'fastai': return vision_learner(dls, arch, **kw)
     if cfg == 'plain': return iau_vision_learner(dls, arch, iau_stages=(), **kw)
-    return iau_vision_learner(dls, arch, blocks=cfg, **kw)
+    blocks, _, init = cfg.partition('-')            # 'iau-timm': timm's init (zero-initialised last BN per residual block)
+    return iau_vision_learner(dls, arch, blocks=blocks, **kw, **(dict(zero_init_last=True) if init == 'timm' else {}))
 
 def macs_per_image(model, x):
     from torch.utils.flop_counter import FlopCounterMode
@@ -136,15 +141,16 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument('--seeds', type=int, default=5)
     p.add_argument('--first-seed', type=int, default=0)
-    p.add_argument('--configs', default=','.join(CONFIGS))
+    p.add_argument('--configs', default='fastai,ciau,iau')
     p.add_argument('--tasks', default='digits,synth')
     p.add_argument('--arch', default='resnet18')
-    p.add_argument('--size', type=int, default=32, help='digits: upsampled image side')
-    p.add_argument('--epochs-digits', type=int, default=4)
-    p.add_argument('--epochs-synth', type=int, default=8)
+    p.add_argument('--size', type=int, default=24, help='digits: upsampled image side')
+    p.add_argument('--synth-ids', type=int, default=30, help='synth: identities (classes)')
+    p.add_argument('--epochs-digits', type=int, default=3)
+    p.add_argument('--epochs-synth', type=int, default=5)
     p.add_argument('--lr', type=float, default=1e-2)
     p.add_argument('--bs', type=int, default=32)
-    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--threads', type=int, default=1)
     p.add_argument('--out', default=str(OUT/'classify.jsonl'))
     p.add_argument('--summarize', action='store_true')
     a = p.parse_args()
@@ -154,7 +160,7 @@ def main():
         a.epochs = dict(digits=a.epochs_digits, synth=a.epochs_synth)
         tasks = a.tasks.split(',')
         tmp = Path(tempfile.mkdtemp())
-        data = {t: digits_task(a.size) if t == 'digits' else synth_task(tmp) for t in tasks}
+        data = {t: digits_task(a.size) if t == 'digits' else synth_task(tmp, a.synth_ids) for t in tasks}
         for seed in range(a.first_seed, a.first_seed + a.seeds):
             for task in tasks:
                 for cfg in a.configs.split(','):
