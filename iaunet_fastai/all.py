@@ -13,6 +13,7 @@ from .callbacks import *
 from .learner import *
 from .inference import *
 from .interpret import *
+from .run_guards import *
 from .commands import *
 from .distributed import *     # also patches Learner.distrib_ctx/to_distributed (fastai.distributed + gloo/CPU support)
 from fastai.learner import load_learner   # for learn.export() files (pickles: trusted files only)

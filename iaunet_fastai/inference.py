@@ -40,8 +40,8 @@ def save_reid_model(learn_or_model, fname):
     cfg = {**_model_config(m), **{k: v for k, v in (getattr(m, 'reid_config', None) or {}).items()
                                   if k in ('img_size', 'vocab')}}
     fname = Path(fname)
-    with atomic_path(fname) as tmp:
-        torch.save({'reid_config': cfg, 'model': {k: v.detach().cpu() for k, v in m.state_dict().items()}}, tmp)
+    sd = check_finite_state({k: v.detach().cpu() for k, v in m.state_dict().items()}, f"not written: '{fname}'")
+    save_atomic({'reid_config': cfg, 'model': sd}, fname)
     return fname
 
 def _complete_config(cfg, sd, fname):
@@ -74,6 +74,7 @@ def load_reid_model(fname, model=None):
                                                "pass `model=` to load a plain state dict into it")
         return model.load_checkpoint(fname)
     cfg = _complete_config(sd['reid_config'], sd['model'], fname)
+    check_finite_state(sd['model'], f"'{fname}'")   # a diverged run's weights: refused, naming the file
     if model is None:
         model = _build_model(cfg)
         model.reid_config = cfg
