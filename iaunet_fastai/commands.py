@@ -146,9 +146,11 @@ def load_model_file(path):
                              "`iaunet train` wrote")
     if p.suffix == '.pkl':   # fastai `learn.export`: a pickle (runs code when loaded: only files you trust)
         from fastai.learner import load_learner
-        try: return load_learner(p, cpu=True)
+        try: learn = load_learner(p, cpu=True)
         except Exception as e:
             raise ReIDInputError(f"'{p}' does not load as a fastai export (learn.export): {type(e).__name__}: {e}") from None
+        check_finite_state(learn.model.state_dict(), f"'{p}'")
+        return learn
     sd = load_weights(p)
     if isinstance(sd, dict) and 'reid_config' in sd and 'model' in sd: return load_reid_model(p)
     if isinstance(sd, dict) and 'epoch' in sd and 'opt' in sd:
@@ -579,6 +581,7 @@ def eval_cli(model:str,                 # model file from `iaunet train` (model.
              overwrite:bool=False):     # replace metrics.json/cmc.png already in --out
     "Evaluate a saved model on the query/gallery of a dataset: rank-1/5/10/20, mAP, mINP (and the protocol used)."
     from iaunet_fastai.metrics import evaluate_retrieval, re_ranking
+    if rerank and (k1 < 1 or k2 < 1): raise ReIDInputError(f"--k1 and --k2 must be >= 1, got --k1 {k1} --k2 {k2}")
     mars_gallery(dataset, video, mars_protocol)
     if out: out = check_out_dir(out, overwrite=overwrite, files=('metrics.json', 'cmc.png'))
     m = load_model_file(model)
@@ -641,6 +644,8 @@ def extract_cli(model:str,              # model file from `iaunet train` (model.
     """Extract L2-normalised embeddings of images or tracklets into an .npz: `names` (a tracklet's frames joined by ';'),
     `features` [N, D], and with --dataset also `pids`, `camids`, `splits`."""
     from iaunet_fastai.data import check_images
+    check_option_types(extract_cli, dict(bs=bs))
+    if bs < 1: raise ReIDInputError(f"--bs must be >= 1 (images per batch), got {bs}")
     src, extra = Path(images).expanduser(), {}
     out = check_out_file(out, overwrite)
     if dataset is not None:

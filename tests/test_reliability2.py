@@ -17,22 +17,7 @@ from iaunet_fastai.data import load_reid_image, check_images
 from iaunet_fastai.datasets import combine_datasets, market1501_df
 from iaunet_fastai.cli import main as cli_main
 
-torch.set_num_threads(1)
-SIZE = (64, 32)
-
-
-@pytest.fixture(scope='module')
-def world(tmp_path_factory):
-    return make_synthetic_reid(tmp_path_factory.mktemp('world')/'synth', preset='tiny', img_size=SIZE)
-
-
-@pytest.fixture(scope='module')
-def market(world): return world/'Market-1501'
-
-
-def _kw(market, **kw):
-    return dict(dict(dataset='market1501', root=str(market), arch='resnet18', epochs=1, size='64,32', pk='4x4', workers=0,
-                     seed=0), **kw)
+from test_reliability import SIZE, world, market, _kw   # the tiny world (64x32) and the 1-epoch resnet18 options
 
 
 def _args(market, *extra):
@@ -275,6 +260,13 @@ def test_8_bad_values_are_named_before_any_work(market, tmp_path, capsys, extra,
     assert cli_main(_args(market, '--out', str(out), *extra)) == 1
     _one_line_error(capsys.readouterr().err, word)
     assert not out.exists()
+
+
+def test_8_eval_and_extract_values_are_checked(run, market, tmp_path, capsys):
+    assert cli_main(['extract', str(run/'model.pth'), str(market/'query'), '--out', str(tmp_path/'f.npz'), '--bs', '0']) == 1
+    _one_line_error(capsys.readouterr().err, '--bs')
+    assert cli_main(['eval', str(run/'model.pth'), '--dataset', 'market1501', '--root', str(market), '--rerank', '--k1', '0']) == 1
+    _one_line_error(capsys.readouterr().err, '--k1')
 
 
 @pytest.mark.parametrize('key,val', [('epochs', '1'), ('lr', 'fast'), ('baseline', 'yes'), ('workers', 1.5)])
