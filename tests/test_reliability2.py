@@ -55,7 +55,11 @@ def messy_run(market, tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def run(messy_run): return messy_run['out']
+def run(market, tmp_path_factory):
+    "A finished 1-epoch run (model.pth, checkpoint.pth, config.json, history.csv, metrics.json)."
+    out = tmp_path_factory.mktemp('run')/'r'
+    assert train_cli(**_kw(market), out=str(out)) == 0
+    return out
 
 
 @contextlib.contextmanager
@@ -77,13 +81,13 @@ def _fill(d, leave_kb):
     for f in files[-1 - leave_kb // 4:]: f.unlink(missing_ok=True)
 
 
-def _cli_with_file_limit(argv, limit_bytes):
-    "Run `iaunet argv` in a subprocess whose files may not grow past `limit_bytes` (`ulimit -f`; SIGXFSZ ignored: EFBIG)."
+def _python_with_file_limit(argv, limit_bytes):
+    "Run `python argv` in a subprocess whose files may not grow past `limit_bytes` (`ulimit -f`; SIGXFSZ ignored: EFBIG)."
     def limit():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
     env = dict(os.environ, PYTHONPATH=str(Path(cmod.__file__).parents[1]))
-    return subprocess.run([sys.executable, '-m', 'iaunet_fastai.cli', *argv], capture_output=True, text=True,
+    return subprocess.run([sys.executable, *argv], capture_output=True, text=True,
                           preexec_fn=limit, env=env)
 
 
@@ -196,7 +200,10 @@ def test_5_full_disk_at_a_checkpoint_keeps_the_previous_and_says_no_space(tmp_pa
 
 def test_5_train_extract_and_masks_on_a_full_disk_say_so_in_one_line(run, market, world, tmp_path, capsys):
     with small_disk(tmp_path, 64) as d:
-        if d is None: pytest.skip('no tmpfs here: test_5_file_size_limit_at_a_checkpoint_is_one_line covers the checkpoint')
+        if d is None:      # no tmpfs here: a file size limit (`ulimit -f`) in a subprocess instead
+            r = _python_with_file_limit(['-m', 'iaunet_fastai.cli', *_args(market, '--out', str(tmp_path/'u'))], 200_000)
+            assert r.returncode == 1, r.stderr[-2000:]
+            _one_line_error(r.stderr, 'checkpoint.pth', 'ulimit'); return
         assert cli_main(_args(market, '--out', str(d/'run'))) == 1
         _one_line_error(capsys.readouterr().err, 'no space left', 'checkpoint.pth')
         assert not [p for p in (d/'run').iterdir() if p.name.startswith('.') and p.name != '.lock']
@@ -210,10 +217,17 @@ def test_5_train_extract_and_masks_on_a_full_disk_say_so_in_one_line(run, market
         _one_line_error(capsys.readouterr().err, 'no space left')
 
 
-def test_5_file_size_limit_at_a_checkpoint_is_one_line(market, tmp_path):
-    r = _cli_with_file_limit(_args(market, '--out', str(tmp_path/'u')), 200_000)
-    assert r.returncode == 1, r.stderr[-2000:]
-    _one_line_error(r.stderr, 'checkpoint.pth', 'ulimit')
+def test_5_file_size_limit_at_a_checkpoint_is_one_line(tmp_path):
+    "`ulimit -f`: torch's writer fails with EFBIG; the error names the file and the limit, the previous file stays."
+    (tmp_path/'checkpoint.pth').write_bytes(b'previous')
+    code = ("import sys, torch; from iaunet_fastai.core import save_atomic, ReIDInputError\n"
+            "try: save_atomic(dict(w=torch.zeros(100_000)), sys.argv[1])\n"
+            "except ReIDInputError as e: print(e); sys.exit(1)")
+    r = _python_with_file_limit(['-c', code, str(tmp_path/'checkpoint.pth')], 100_000)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    _one_line_error(r.stdout, str(tmp_path/'checkpoint.pth'), 'ulimit', 'is kept')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['checkpoint.pth']
+    assert (tmp_path/'checkpoint.pth').read_bytes() == b'previous'
 
 
 # ---------------------------------------------------------------- 6. --resume with changed options or data
@@ -314,8 +328,8 @@ def test_11_workers_are_capped_to_the_cores_with_a_note(capsys):
     assert resolve_workers(0) == 0 and resolve_workers(None) is None
 
 
-def test_11_config_records_the_options_used(run):
-    o = json.loads((run/'config.json').read_text())['options']
+def test_11_config_records_the_options_used(messy_run):
+    o = json.loads((messy_run['out']/'config.json').read_text())['options']
     assert o['video'] is False and o['masks'] is None and o['workers'] == 0
 
 
