@@ -508,7 +508,10 @@ def _read_json(p):
 
 def _open_run(out, stack, overwrite, resume):
     """Take the lock on `out` for this run (another run into it fails at once), check it again under the lock (a run
-    that finished meanwhile), remove temp files that killed writes left, and copy the console into `out/train.log`."""
+    that finished meanwhile), remove temp files that killed writes left, and copy the console into `out/train.log`.
+    Under `accelerate launch` the first process does this for all."""
+    from fastai.torch_core import rank_distrib
+    if rank_distrib(): return
     stack.enter_context(folder_lock(out, 'iaunet train'))
     check_out_dir(out, overwrite=overwrite, resume=resume)
     remove_stale_temps(out, RUN_FILES)
@@ -516,6 +519,8 @@ def _open_run(out, stack, overwrite, resume):
 
 def _write_config(out, opts, data, resume, changes, files_changed):
     "Write `out/config.json` for a new run; on a resume record the changes `--allow-changes` let through (options and data)."
+    from fastai.torch_core import rank_distrib
+    if rank_distrib(): return     # the first process writes it
     now = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
     if not resume: cfg = dict(command='iaunet train', options=opts, data=data, created=now)
     elif changes or files_changed:

@@ -100,39 +100,51 @@ def check_same_data(saved, now, root, allow_changes=False) -> bool:
                              "to continue anyway (recorded in config.json), or start a new run")
     return True
 
-# %% ../nbs/10f_run_guards.ipynb #6036d494
+# %% ../nbs/10f_run_guards.ipynb #bd4eaacb
 class NonFiniteGuard(Callback):
-    "Stop the fit at the first non-finite training loss (that batch) or non-finite weights/buffers (after that epoch's training)."
+    """Stop the fit at the first non-finite training loss, at non-finite weights/buffers after an epoch's training, or at
+    non-finite embeddings in its validation; `.message` says where, in one line. No host sync per batch: on a GPU a
+    batch's flag is read once its kernels are done (a later batch, or the epoch's end)."""
     order = -5   # before everything that records the batch or the epoch
-    def __init__(self, terms=('ce', 'triplet', 'mask')): self.terms, self.message = terms, None
-    def before_fit(self): self.message = None
+    def __init__(self, terms=('ce', 'triplet', 'mask')): self.terms, self.message, self._pending = terms, None, []
+    def before_fit(self): self.message, self._pending = None, []
     def _lr(self):
         try: return f"{self.opt.hypers[-1]['lr']:.3g}"
         except Exception: return '?'
-    def after_loss(self):
-        if not self.training or torch.isfinite(self.learn.loss).all(): return
-        vals = [(t, getattr(self.learn.loss_func, t, None)) for t in self.terms]
-        terms = ', '.join(f"{t} {float(v):.4g}" for t, v in vals if v is not None and torch.is_tensor(v))
-        self.message = (f"training stopped at epoch {self.epoch}, batch {self.iter}: the loss is not finite "
-                        f"(loss {float(self.learn.loss):.4g}" + (f"; {terms}" if terms else '') + f") at learning rate "
-                        f"{self._lr()}: the learning rate is probably too high, try a lower --lr")
+    def _stop(self, msg):
+        self.message = f"{msg} at learning rate {self._lr()}: the learning rate is probably too high, try a lower --lr"
         raise CancelFitException
+    def after_loss(self):
+        if not self.training: return
+        names = ['loss'] + [t for t in self.terms if torch.is_tensor(getattr(self.learn.loss_func, t, None))]
+        v = torch.stack([self.learn.loss.detach().float().reshape(())] +
+                        [getattr(self.learn.loss_func, t).detach().float().reshape(()) for t in names[1:]])
+        if v.device.type != 'cuda': return self._check(v, names, self.epoch, self.iter)
+        ev = torch.cuda.Event(); ev.record()
+        self._pending.append((v, names, self.epoch, self.iter, ev))
+        while self._pending and self._pending[0][-1].query(): self._check(*self._pending.pop(0)[:-1])
+    def _check(self, v, names, epoch, it):
+        if torch.isfinite(v[0]): return
+        self._pending = []
+        self._stop(f"training stopped at epoch {epoch}, batch {it}: the loss is not finite ("
+                   + ', '.join(f"{n} {float(x):.4g}" for n, x in zip(names, v)) + ')')
+    def after_train(self):
+        for p in self._pending: self._check(*p[:-1])
+        self._pending = []
+        bad = non_finite_entries(self.learn.model.state_dict())
+        if bad: self._stop(f"training stopped after epoch {self.epoch}: weights or buffers are not finite (NaN/inf in "
+                           + ', '.join(f"{k} ({n})" for k, n in list(bad.items())[:3]) + ") although the loss stayed finite,")
+    def before_validate(self): self._vbad = None
     def after_pred(self):
         if self.training: return
         preds = self.pred if isinstance(self.pred, (tuple, list)) else [self.pred]
-        if all(torch.isfinite(p).all() for p in preds if torch.is_tensor(p) and p.is_floating_point()): return
-        self.message = (f"training stopped at epoch {self.epoch}, validation batch {self.iter}: the model's embeddings are not "
-                        f"finite after training at learning rate {self._lr()}: the learning rate is probably too high, "
-                        "try a lower --lr")
-        raise CancelFitException
-    def after_train(self):
-        bad = non_finite_entries(self.learn.model.state_dict())
-        if not bad: return
-        names = ', '.join(f"{k} ({n})" for k, n in list(bad.items())[:3])
-        self.message = (f"training stopped after epoch {self.epoch}: weights or buffers are not finite (NaN/inf in {names}) "
-                        f"although the loss stayed finite, at learning rate {self._lr()}: the learning rate is probably "
-                        "too high, try a lower --lr")
-        raise CancelFitException
+        ok = torch.stack([torch.isfinite(p).all() for p in preds if torch.is_tensor(p) and p.is_floating_point()]).all()
+        b = torch.where(ok, -1, self.iter)                                  # stays on the device
+        self._vbad = b if self._vbad is None else torch.where(self._vbad >= 0, self._vbad, b)
+    def after_validate(self):
+        if getattr(self, '_vbad', None) is None or int(self._vbad) < 0: return
+        self._stop(f"training stopped at epoch {self.epoch}, validation batch {int(self._vbad)}: the model's embeddings "
+                   "are not finite after training")
 
 # %% ../nbs/10f_run_guards.ipynb #2469b747
 class _Tee(io.TextIOBase):
