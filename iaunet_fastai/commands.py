@@ -446,7 +446,7 @@ def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, l
     if not no_check: check_images(list(df['paths'] if is_video else df['path']))
     report_identical_files(df)
     data = data_identity(df, Path(root).expanduser().resolve() if root else None)
-    files_changed = resume and check_same_data(_read_json(out/'config.json').get('data'), data, root, allow_changes)
+    files_changed = resume and check_same_data(_read_json(out/'config.json').get('data'), data, root or dataset, allow_changes)
     dls = reid_dls(df, size=hw, P=P, K=K, seq_len=seq_len if is_video else None, masks=masks, num_workers=workers, seed=seed)
     opts = dict(dataset=dataset, root=str(Path(root).expanduser().resolve()) if root else None, video=is_video, arch=arch,
                 pretrained=pretrained, baseline=baseline, epochs=epochs, schedule=schedule, lr=lr, size=size, pk=pk,

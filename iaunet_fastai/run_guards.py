@@ -100,14 +100,16 @@ def check_same_data(saved, now, root, allow_changes=False) -> bool:
                              "to continue anyway (recorded in config.json), or start a new run")
     return True
 
-# %% ../nbs/10f_run_guards.ipynb #bd4eaacb
+# %% ../nbs/10f_run_guards.ipynb #e73bc7c9
 class NonFiniteGuard(Callback):
     """Stop the fit at the first non-finite training loss, at non-finite weights/buffers after an epoch's training, or at
     non-finite embeddings in its validation; `.message` says where, in one line. No host sync per batch: on a GPU a
     batch's flag is read once its kernels are done (a later batch, or the epoch's end)."""
     order = -5   # before everything that records the batch or the epoch
     def __init__(self, terms=('ce', 'triplet', 'mask')): self.terms, self.message, self._pending = terms, None, []
-    def before_fit(self): self.message, self._pending = None, []
+    def before_fit(self):
+        self._pending = []
+        if self.message is not None: raise CancelFitException   # a second fit of `fine_tune` after a stop: stays stopped
     def _lr(self):
         try: return f"{self.opt.hypers[-1]['lr']:.3g}"
         except Exception: return '?'
