@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     'train':   ('iaunet_fastai.commands:train_cli',    'train IAUnet / VideoIAUnet on a dataset root or the synthetic world'),
     'eval':    ('iaunet_fastai.commands:eval_cli',     'evaluate a trained model: rank-1/5/10/20, mAP, mINP'),
     'extract': ('iaunet_fastai.commands:extract_cli',  'extract L2-normalised embeddings for images or tracklets'),
+    'export':  ('iaunet_fastai.export:export_cli',      'export a trained model to ONNX (dynamic batch axis), checked with onnxruntime'),
 }
 
 def _usage():

@@ -12,6 +12,7 @@ __all__ = ['DATASETS', 'VIDEO_DATASETS', 'RUN_FILES', 'detect_dataset', 'dataset
 # %% ../nbs/10c_commands.ipynb #c2d0e003
 from .core import *
 import json, contextlib, inspect, os, random, signal, sys, tempfile, threading, time, warnings
+from typing import Annotated
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -380,6 +381,8 @@ def mars_gallery(dataset, video, protocol):
 
 def train_cli(dataset:str=None,        # dataset name: market1501, dukemtmc, cuhk03, msmt17, mars, dukev, ilidsvid, prid2011, folder, csv or 'synthetic' (default: recognised from --root)
               root:str=None,           # dataset root (for synthetic: a new or empty folder for the world; default data/synth)
+              sources:Annotated[str, {'nargs': '+'}]=None, # cross-domain: name=root pairs whose train splits train the model (one union, distinct identities); replaces --dataset/--root
+              targets:Annotated[str, {'nargs': '+'}]=None, # cross-domain: name=root pairs of test datasets, each scored on its own (columns <name>_rank1, _mAP, _mINP)
               video:bool=False,        # synthetic only: train the video model on the MARS layout
               arch:str='resnet50.tv_in1k', # timm backbone tag; default: torchvision's ResNet-50 ImageNet weights, what the authors' recipe starts from (timm's plain 'resnet50' is resnet50.a1_in1k, another recipe)
               pretrained:bool=False,   # load timm's pretrained weights for --arch (needs them downloadable or cached)
@@ -420,7 +423,7 @@ def train_cli(dataset:str=None,        # dataset name: market1501, dukemtmc, cuh
 
 def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, lr, size, pk, seq_len, masks, every,
            mars_protocol, precision, workers, seed, no_check, out, overwrite, resume, config, channels_last=False, compile='none',
-           allow_changes=False, changes=None, stack=None):
+           sources=None, targets=None, allow_changes=False, changes=None, stack=None):
     from iaunet_fastai.data import reid_dls, check_images, report_identical_files
     check_train_ranges(epochs, lr, size, pk, seq_len, every, workers, seed)
     if baseline and masks:
@@ -434,11 +437,16 @@ def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, l
     P, K = _size(pk, '--pk'); hw = _size(size)
     mars_gallery(dataset, video, mars_protocol)                       # validates --mars-protocol up front
     out = check_out_dir(out, overwrite=overwrite, resume=resume)
-    dataset = _resolve_dataset(dataset, root)
-    gallery, protocol = mars_gallery(dataset, video, mars_protocol)
+    galleries = None
+    if sources or targets:                                            # cross-domain (`targets` module)
+        from iaunet_fastai.targets import cross_domain_setup, TargetEvaluator
+        df, gallery, protocol, galleries = cross_domain_setup(sources, targets, dataset, root, video, mars_protocol)
+    else:
+        dataset = _resolve_dataset(dataset, root)
+        gallery, protocol = mars_gallery(dataset, video, mars_protocol)
     seed_everything(seed)
     if torch.cuda.is_available(): torch.backends.cudnn.benchmark = True   # P×K batches have one size: cuDNN times its kernels once
-    df = dataset_df(dataset, root, video)
+    if galleries is None: df = dataset_df(dataset, root, video)
     is_video = 'paths' in df.columns
     _check_video_options(dataset, video, seq_len, is_video)
     workers = resolve_workers(workers)
@@ -448,7 +456,7 @@ def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, l
     data = data_identity(df, Path(root).expanduser().resolve() if root else None)
     files_changed = resume and check_same_data(_read_json(out/'config.json').get('data'), data, root or dataset, allow_changes)
     dls = reid_dls(df, size=hw, P=P, K=K, seq_len=seq_len if is_video else None, masks=masks, num_workers=workers, seed=seed)
-    opts = dict(dataset=dataset, root=str(Path(root).expanduser().resolve()) if root else None, video=is_video, arch=arch,
+    opts = dict(sources=sources, targets=targets, dataset=dataset, root=str(Path(root).expanduser().resolve()) if root else None, video=is_video, arch=arch,
                 pretrained=pretrained, baseline=baseline, epochs=epochs, schedule=schedule, lr=lr, size=size, pk=pk,
                 seq_len=seq_len, masks=str(Path(masks).resolve()) if masks else None, every=every, mars_protocol=mars_protocol,
                 precision=precision, channels_last=channels_last, compile=compile, workers=workers, seed=seed,
@@ -457,7 +465,7 @@ def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, l
     if not resume: (out/'history.csv').unlink(missing_ok=True)   # --overwrite: a fresh history (appended to by every fit)
     _write_config(out, opts, data, resume, changes, files_changed)
     learn = iaunet_learner(dls, arch, pretrained=pretrained, iau_stages=() if baseline else (2, 3), every=every,
-                           gallery=gallery, cbs=ConsoleTable(), compile=_COMPILE[compile])
+                           gallery=gallery, compile=_COMPILE[compile], **_evaluator(dls, galleries, every))
     if channels_last: learn = learn.to_channelslast(use_amp=False)
     if precision != 'fp32': learn = learn.to_bf16() if precision == 'bf16' else learn.to_fp16()
     start = resume_checkpoint(learn, out/'checkpoint.pth') if resume else 0
@@ -537,6 +545,13 @@ def _kept(out):
     return (f"; the last good checkpoint '{ck}' is kept (`iaunet train --resume --out {out} --lr <lower> --allow-changes` "
             "continues from it)")
 
+def _evaluator(dls, galleries, every):
+    "`iaunet_learner` keywords: the progress table, and for cross-domain runs a `TargetEvaluator` (columns per target)."
+    if galleries is None: return dict(cbs=ConsoleTable())
+    from iaunet_fastai.targets import TargetEvaluator
+    ev = TargetEvaluator(dls, galleries, every=every)
+    return dict(cbs=[ConsoleTable(), ev], metrics=ev.metrics)
+
 def _distrib(learn):
     "`learn.distrib_ctx()` when started by `accelerate launch` with several processes, else a no-op context."
     from fastai.torch_core import num_distrib
@@ -568,6 +583,9 @@ def _finish(learn, out, protocol=None):
     out.mkdir(parents=True, exist_ok=True)
     save_reid_model(learn, out/'model.pth')
     res = final_metrics(learn)
+    if 'targets' in res:                      # cross-domain: one result per target
+        from iaunet_fastai.targets import write_target_results
+        return write_target_results(res['targets'], out)
     _write_results(res, out, protocol)
     print(f"rank-1 {res['rank1']:.4f}  mAP {res['mAP']:.4f}  ({protocol})")
     return 0
@@ -582,29 +600,27 @@ def eval_cli(model:str,                 # model file from `iaunet train` (model.
              k1:int=20,                 # re-ranking: k-reciprocal neighbours (shrunk, with a warning, on a small set)
              k2:int=6,                  # re-ranking: neighbours of the local query expansion
              mars_protocol:str='official', # MARS: official (gallery includes the queries) or torchreid (queries removed)
-             out:str=None,              # optional folder for metrics.json, cmc.png
-             overwrite:bool=False):     # replace metrics.json/cmc.png already in --out
-    "Evaluate a saved model on the query/gallery of a dataset: rank-1/5/10/20, mAP, mINP (and the protocol used)."
-    from iaunet_fastai.metrics import evaluate_retrieval, re_ranking
+             out:str=None,              # optional folder for metrics.json, cmc.png (and roc.png with --verify)
+             overwrite:bool=False,      # replace metrics.json/cmc.png already in --out
+             verify:bool=False,         # also open-set verification over the query x gallery pairs: TPR@FPR, AUC, EER, thresholds; roc.png
+             targets:Annotated[str, {'nargs': '+'}]=None): # cross-domain: name=root pairs of datasets, each evaluated on its own (replaces --dataset/--root)
+    "Evaluate a saved model on the query/gallery of a dataset (or of each of --targets): rank-1/5/10/20, mAP, mINP (and the protocol used)."
+    from iaunet_fastai.targets import evaluate_frame, eval_targets, parse_targets
+    from iaunet_fastai.data import report_identical_files
     if rerank and (k1 < 1 or k2 < 1): raise ReIDInputError(f"--k1 and --k2 must be >= 1, got --k1 {k1} --k2 {k2}")
     mars_gallery(dataset, video, mars_protocol)
-    if out: out = check_out_dir(out, overwrite=overwrite, files=('metrics.json', 'cmc.png'))
+    if targets and (dataset or root): raise ReIDInputError("--targets replaces --dataset/--root: pass one or the other")
+    if targets: parse_targets(targets)
+    if out: out = check_out_dir(out, overwrite=overwrite, files=('metrics.json', 'cmc.png', 'roc.png'))
     m = load_model_file(model)
+    fx = FeatureExtractor(m, flip_tta=flip)
+    kw = dict(rerank=rerank, k1=k1, k2=k2, verify=verify, out=out)
+    if targets: return eval_targets(fx, targets, video, mars_protocol, **kw)
     dataset = _resolve_dataset(dataset, root)
     gallery, protocol = mars_gallery(dataset, video, mars_protocol)
-    fx = FeatureExtractor(m, flip_tta=flip)
     df = dataset_df(dataset, root, video)
-    q, g = df[df.split == 'query'], df[df.split == 'gallery']
-    check_query_gallery(df, gallery)
-    from iaunet_fastai.data import report_identical_files
     report_identical_files(df)
-    col = 'paths' if 'paths' in df.columns else 'path'
-    qf, gf = fx(list(q[col])), fx(list(g[col]))
-    gp, gc = g.pid.values, g.camid.values
-    if gallery == 'all': gf, gp, gc = torch.cat([gf, qf]), np.r_[gp, q.pid.values], np.r_[gc, q.camid.values]
-    kw = dict(dist=re_ranking(qf, gf, k1=k1, k2=k2)) if rerank else dict(qf=qf, gf=gf)
-    res = evaluate_retrieval(q_pids=q.pid.values, g_pids=gp, q_camids=q.camid.values, g_camids=gc, **kw)
-    print('  '.join(f"{k} {res[k]:.4f}" for k in ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP')) + f"  ({protocol})")
+    res = evaluate_frame(fx, df, gallery, protocol, **kw)
     if out: _write_results(res, out, protocol)
     return 0
 

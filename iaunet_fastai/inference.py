@@ -41,7 +41,9 @@ def save_reid_model(learn_or_model, fname):
                                   if k in ('img_size', 'vocab')}}
     fname = Path(fname)
     sd = check_finite_state({k: v.detach().cpu() for k, v in m.state_dict().items()}, f"not written: '{fname}'")
-    save_atomic({'reid_config': cfg, 'model': sd}, fname)
+    out = {'reid_config': cfg, 'model': sd}
+    if getattr(m, 'verifier', None) is not None: out['verifier'] = m.verifier.state_dict()   # plain numbers (`fit_verifier`)
+    save_atomic(out, fname)
     return fname
 
 def _complete_config(cfg, sd, fname):
@@ -87,6 +89,9 @@ def load_reid_model(fname, model=None):
         if diff: raise ReIDInputError(f"'{fname}' does not fit this model: " +
                                       ', '.join(f"{k}: file {a!r} vs model {b!r}" for k, (a, b) in diff.items()))
     model.load_state_dict(sd['model'])
+    if 'verifier' in sd:                   # a calibrated verifier (`fit_verifier`), plain numbers
+        from iaunet_fastai.verification import Verifier
+        model.verifier = Verifier.from_state(sd['verifier'])
     return model.eval()
 
 # %% ../nbs/10b_inference.ipynb #ec2711fc
