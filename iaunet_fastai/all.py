@@ -16,6 +16,7 @@ from .inference import *
 from .interpret import *
 from .run_guards import *
 from .commands import *
+from .gallery import *
 from .targets import *        # cross-domain CLI runs (--sources/--targets), eval --verify
 from .export import *         # ONNX export (iaunet export)
 from .distributed import *     # also patches Learner.distrib_ctx/to_distributed (fastai.distributed + gloo/CPU support)

@@ -16,6 +16,8 @@ SUBCOMMANDS = {
     'train':   ('iaunet_fastai.commands:train_cli',    'train IAUnet / VideoIAUnet on a dataset root or the synthetic world'),
     'eval':    ('iaunet_fastai.commands:eval_cli',     'evaluate a trained model: rank-1/5/10/20, mAP, mINP'),
     'extract': ('iaunet_fastai.commands:extract_cli',  'extract L2-normalised embeddings for images or tracklets'),
+    'index':   ('iaunet_fastai.gallery:index_cli',     'build a searchable gallery (index build MODEL ITEMS --out DIR) or add to one (index add DIR ITEMS)'),
+    'search':  ('iaunet_fastai.gallery:search_cli',    'search a gallery with query images: top-k per query (-k 10, --csv out.csv)'),
     'export':  ('iaunet_fastai.export:export_cli',      'export a trained model to ONNX (dynamic batch axis), checked with onnxruntime'),
 }
 
