@@ -14,6 +14,7 @@ from .callbacks import *
 from .learner import *
 from .inference import *
 from .interpret import *
+from .run_guards import *
 from .commands import *
 from .gallery import *
 from .targets import *        # cross-domain CLI runs (--sources/--targets), eval --verify
