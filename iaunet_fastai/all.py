@@ -7,6 +7,7 @@ from .part_masks import *
 from .schp import *
 from .layers import *
 from .models import *
+from .classifier import *
 from .losses import *
 from .metrics import *
 from .verification import *   # open-set verification: verification_report, fit_verifier, learn.verify
@@ -14,6 +15,7 @@ from .callbacks import *
 from .learner import *
 from .inference import *
 from .interpret import *
+from .run_guards import *
 from .commands import *
 from .gallery import *
 from .targets import *        # cross-domain CLI runs (--sources/--targets), eval --verify

@@ -56,6 +56,17 @@ def run_subcommand(fn, argv, prog=None):
     try: return f(**args)
     except ReIDInputError as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr); return 1
+    except BrokenPipeError:     # the reader of stdout went away (`| head`): nothing more to say to it
+        _silence_stdout(); return 1
+    except OSError as e:        # a full disk, a missing permission, ... : one line naming the file
+        print(f"{p.prog}: error: {os_error_line(e)}", file=sys.stderr); return 1
+
+
+def _silence_stdout():
+    "Point stdout at /dev/null so that the interpreter's final flush does not fail again."
+    import os
+    try: os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError): pass
 
 # %% ../nbs/11_cli.ipynb #80e10a0d
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # `python -m iaunet_fastai.cli ...`

@@ -40,10 +40,10 @@ def save_reid_model(learn_or_model, fname):
     cfg = {**_model_config(m), **{k: v for k, v in (getattr(m, 'reid_config', None) or {}).items()
                                   if k in ('img_size', 'vocab')}}
     fname = Path(fname)
-    with atomic_path(fname) as tmp:
-        out = {'reid_config': cfg, 'model': {k: v.detach().cpu() for k, v in m.state_dict().items()}}
-        if getattr(m, 'verifier', None) is not None: out['verifier'] = m.verifier.state_dict()   # plain numbers (`fit_verifier`)
-        torch.save(out, tmp)
+    sd = check_finite_state({k: v.detach().cpu() for k, v in m.state_dict().items()}, f"not written: '{fname}'")
+    out = {'reid_config': cfg, 'model': sd}
+    if getattr(m, 'verifier', None) is not None: out['verifier'] = m.verifier.state_dict()   # plain numbers (`fit_verifier`)
+    save_atomic(out, fname)
     return fname
 
 def _complete_config(cfg, sd, fname):
@@ -76,6 +76,7 @@ def load_reid_model(fname, model=None):
                                                "pass `model=` to load a plain state dict into it")
         return model.load_checkpoint(fname)
     cfg = _complete_config(sd['reid_config'], sd['model'], fname)
+    check_finite_state(sd['model'], f"'{fname}'")   # a diverged run's weights: refused, naming the file
     if model is None:
         model = _build_model(cfg)
         model.reid_config = cfg

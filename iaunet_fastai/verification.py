@@ -8,9 +8,9 @@ the pictures (ROC with distance histograms, reliability diagram)."""
 __all__ = ['FPR_GRID', 'float_keys', 'key_values', 'verification_report', 'sklearn_verification', 'pair_arrays', 'Verifier',
            'fit_verifier', 'load_verifier', 'reliability_table', 'plot_reliability', 'plot_verification']
 
-# %% ../nbs/08b_verification.ipynb #70d0310a
+# %% ../nbs/08b_verification.ipynb #0ea965c6
 from .core import *
-import math, json
+import math
 import numpy as np
 import torch
 import torch.nn.functional as F
