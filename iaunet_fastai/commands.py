@@ -194,7 +194,7 @@ def save_checkpoint(learn, fname, epoch, partial=None):
     opt = _plain(learn.opt.state_dict())   # weights-only loadable: no numpy scalars, no fastcore `L`
     ck = dict(epoch=int(epoch), model=learn.model.state_dict(), opt=opt, rng=_rng_state(),
               sampler_epoch=getattr(learn.dls.train, '_epoch', None),
-              augment=[a.rng.bit_generator.state for a in _augments(learn)], smooth_loss=_smooth_state(learn),
+              augment=[a._rng().bit_generator.state for a in _augments(learn)], smooth_loss=_smooth_state(learn),
               partial=partial)
     with atomic_path(fname) as tmp: torch.save(ck, tmp)
     return fname
@@ -217,7 +217,7 @@ def resume_checkpoint(learn, fname) -> int:
                 if isinstance(v, torch.Tensor): s[k] = v.to(p.device)
     _set_rng_state(ck['rng'])
     if ck.get('sampler_epoch') is not None: learn.dls.train._epoch = ck['sampler_epoch']
-    for a, s in zip(_augments(learn), ck.get('augment', [])): a.rng.bit_generator.state = s
+    for a, s in zip(_augments(learn), ck.get('augment', [])): a._rng().bit_generator.state = s
     learn._resume_smooth_loss = ck.get('smooth_loss')   # the Recorder resets it in before_fit: `TrainCheckpoint` puts it back
     p = learn._resume_partial = ck.get('partial')
     if not p: return ck['epoch'] + 1
