@@ -32,6 +32,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                          'iaunet_fastai.callbacks.RetrievalMetric.__init__': ( 'callbacks.html#retrievalmetric.__init__',
                                                                                                'iaunet_fastai/callbacks.py')},
             'iaunet_fastai.cli': { 'iaunet_fastai.cli._load': ('cli.html#_load', 'iaunet_fastai/cli.py'),
+                                   'iaunet_fastai.cli._positive_flags': ('cli.html#_positive_flags', 'iaunet_fastai/cli.py'),
                                    'iaunet_fastai.cli._usage': ('cli.html#_usage', 'iaunet_fastai/cli.py'),
                                    'iaunet_fastai.cli.main': ('cli.html#main', 'iaunet_fastai/cli.py'),
                                    'iaunet_fastai.cli.run_subcommand': ('cli.html#run_subcommand', 'iaunet_fastai/cli.py')},
