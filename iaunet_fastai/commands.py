@@ -116,15 +116,9 @@ def check_out_file(out, overwrite=False, what='--out') -> Path:
 
 def check_query_gallery(df, gallery='non_query'):
     "`ReIDInputError` when no query has a match (same pid, another camera) in the gallery; prints how many have none."
-    q, g = df[df.split == 'query'], df[df.split == 'gallery']
-    if gallery == 'all': g = pd.concat([g, q])
-    if not len(q) or not len(g): raise ReIDInputError(f"empty {'query' if not len(q) else 'gallery'} split: nothing to evaluate")
-    g = g[g.pid != -1]
-    cams = g.groupby('pid').camid.apply(set).to_dict()
-    ok = sum(bool(cams.get(p, set()) - {c}) for p, c in zip(q.pid, q.camid))
-    if ok == 0:
-        raise ReIDInputError(f"none of the {len(q)} queries has a match in the gallery (same identity, another camera): "
-                             "the evaluation would fail; check the query and gallery folders")
+    from iaunet_fastai.native import check_evaluable
+    q = df[df.split == 'query']
+    ok = check_evaluable(q, df[df.split == 'gallery'], gallery)
     if ok < len(q): print(f"note: {len(q) - ok} of {len(q)} queries have no match in the gallery; the evaluation skips them")
     return ok
 
