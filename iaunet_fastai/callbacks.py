@@ -8,7 +8,7 @@ __all__ = ['ComputedMetric', 'RetrievalMetric', 'RetrievalEvaluator']
 
 # %% ../nbs/09_callbacks.ipynb #7fed225f
 from .core import *
-import math
+import math, warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,18 @@ class RetrievalMetric(ComputedMetric):
     def __init__(self, evaluator, key): super().__init__(evaluator, key, default=math.nan)
 
 # %% ../nbs/09_callbacks.ipynb #9f75f14b
+warnings.filterwarnings('ignore', message='Your generator is empty', module='fastprogress')   # the bar of a skipped pass
+
+class _NoBatches:
+    "A stand-in for the evaluation loader in an epoch that `every` skips: no batches, every other attribute the loader's."
+    no_batches = True
+    def __init__(self, dl): self.dl = dl
+    def __len__(self): return 0
+    def __iter__(self): return iter(())
+    def __getattr__(self, k):
+        if k == 'dl': raise AttributeError(k)
+        return getattr(self.dl, k)
+
 class RetrievalEvaluator(Callback):
     "Collect eval embeddings during validation and publish retrieval metrics (see `metrics`)."
     order = 10
@@ -50,13 +62,29 @@ class RetrievalEvaluator(Callback):
         self.metrics = [RetrievalMetric(self, k) for k in metrics]
         self.results, self._store, self._pending, self._active, self._in_fit = None, [], False, True, False
 
-    def before_fit(self): self._in_fit, self.results = True, None
+    def before_fit(self): self._in_fit, self.results, self._last = True, None, {}
+    def before_epoch(self): self._validated = False
     def after_fit(self): self._in_fit = False
 
     def before_validate(self):
         e, n = getattr(self, 'epoch', 0), getattr(self, 'n_epoch', 1)
         self._active = not self._in_fit or (e + 1) % self.every == 0 or e == n - 1
-        self._store, self._pending = [], self._active
+        self._store, self._pending, self._validated = [], self._active, True
+        if not self._active: self.learn.dl = _NoBatches(self.learn.dl)   # skip the pass itself, not only the scoring
+
+    def after_validate(self):
+        if isinstance(self.learn.dl, _NoBatches): self.learn.dl = self.learn.dl.dl
+
+    def after_epoch(self):
+        "In unscored epochs, per-pass columns (`valid_loss`, ...) show the last scored epoch's values (NaN before any)."
+        r = getattr(self.learn, 'recorder', None)
+        if not (self._in_fit and getattr(self, '_validated', False)) or r is None: return   # e.g. an epoch skipped on resume
+        mets = list(r._valid_mets)
+        first = len(r.log) - len(mets)                    # the Recorder (order 50) adds the time after this
+        per_pass = [first + i for i, m in enumerate(mets) if not isinstance(m, ComputedMetric)]
+        if self._active: self._last = {i: r.log[i] for i in per_pass}
+        else:
+            for i in per_pass: r.log[i] = self._last.get(i, math.nan)
 
     def after_pred(self):
         if self.training or not self._active: return

@@ -21,23 +21,24 @@ from .inference import FeatureExtractor, save_reid_model
 from .commands import final_metrics
 
 # %% ../nbs/12_demo.ipynb #efcffded
-CPU_RECIPE = dict(arch='resnet18', size=(128, 64), epochs=16, lr=3e-3, P=16, K=4)
-GPU_RECIPE = dict(arch='resnet50', size=(256, 128), epochs=40, lr=3.5e-4*4, P=16, K=4)
+CPU_RECIPE = dict(arch='resnet18', size=(128, 64), epochs=16, lr=3e-3, P=16, K=4, every=4)
+GPU_RECIPE = dict(arch='resnet50', size=(256, 128), epochs=40, lr=3.5e-4*4, P=16, K=4, every=1)
 
 def _say(*a): print(*a, flush=True)
 
 def run_demo(out='demo_out', data='data/synth', preset='small', seed=0, arch=None, size=None, epochs=None,
-             lr=None, P=None, iau_stages=(2, 3), workers=None, quiet_bars=False):
-    "Synthetic world → part masks → IAUnet training → retrieval metrics and pictures in `out`. Returns the results."
+             lr=None, P=None, iau_stages=(2, 3), workers=None, quiet_bars=False, every=None, world_seed=None):
+    """Synthetic world → part masks → IAUnet training → retrieval metrics and pictures in `out`. Returns the results.
+    `world_seed` (default `seed`) draws the world, `seed` the training: several training seeds can share one world."""
     t_start = time.time()
     gpu = torch.cuda.is_available()
     rc = dict(GPU_RECIPE if gpu else CPU_RECIPE)
-    rc.update({k: v for k, v in dict(arch=arch, size=size, epochs=epochs, lr=lr, P=P).items() if v is not None})
+    rc.update({k: v for k, v in dict(arch=arch, size=size, epochs=epochs, lr=lr, P=P, every=every).items() if v is not None})
     out, data = Path(out), Path(data)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     _say(f"[1/5] synthetic world ({preset}) -> {data}")
-    world = make_synthetic_reid(data, preset=preset, seed=seed, datasets=('market1501',))
+    world = make_synthetic_reid(data, preset=preset, seed=seed if world_seed is None else world_seed, datasets=('market1501',))
     df = market1501_df(world/'Market-1501')
     n = df.split.value_counts().to_dict()
     _say(f"      train {n.get('train', 0)} images of {df[df.split == 'train'].pid.nunique()} identities, "
@@ -47,7 +48,7 @@ def run_demo(out='demo_out', data='data/synth', preset='small', seed=0, arch=Non
                                   label_dir=world/'parsing'/'Market-1501', size=tuple(rc['size']))
     dls = reid_dls(df, size=rc['size'], P=rc['P'], K=rc['K'], masks=out/'part_masks', seed=seed,
                    num_workers=workers if workers is not None else (4 if gpu else 0))
-    learn = iaunet_learner(dls, rc['arch'], pretrained=False, iau_stages=iau_stages, cbs=ConsoleTable())
+    learn = iaunet_learner(dls, rc['arch'], pretrained=False, iau_stages=iau_stages, every=rc['every'], cbs=ConsoleTable())
     if gpu: learn = learn.to_bf16()
     _say(f"[3/5] untrained {rc['arch']} IAUnet at {rc['size'][0]}x{rc['size'][1]} on {best_device()}")
     with learn.no_bar(): learn.validate()

@@ -114,7 +114,8 @@ class ReIDDistributedTrainer(DistributedTrainer):
         super().before_fit()
 
     def _wrap_dl(self, dl):
-        return dl if isinstance(dl, DistributedDL) else ReIDDistributedDL(dl, device=_model_device(self.learn.model))
+        if isinstance(dl, DistributedDL) or getattr(dl, 'no_batches', False): return dl   # an epoch `every` skips
+        return ReIDDistributedDL(dl, device=_model_device(self.learn.model))
 
     def after_validate(self):
         dl = self.learn.dl                                # wrapped for this one pass (`learn.validate`, `get_preds`)

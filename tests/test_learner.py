@@ -144,3 +144,37 @@ def test_cli_bad_input_names_the_argument(tmp_path):
     r = _run('eval', tmp_path/'missing.pth')
     assert r.returncode == 1 and 'missing.pth' in r.stderr
     assert cli_main(['bogus']) == 2
+
+
+def test_every_skips_the_evaluation_pass(world, tmp_path):
+    """`every=3` over `fit(3)`: no evaluation forward in epochs 0-1; their rows show NaN (nothing scored yet), valid_loss
+    included; `SaveModelCallback`/`EarlyStoppingCallback` on mAP still run (the last epoch is scored and saved)."""
+    from fastai.callback.core import Callback
+    from fastai.callback.tracker import SaveModelCallback, EarlyStoppingCallback
+    class CountEval(Callback):
+        def before_fit(self): self.n = [0] * self.n_epoch
+        def after_pred(self): self.n[self.epoch] += not self.training
+    dls = reid_dls(market1501_df(world/'Market-1501'), size=SIZE, P=4, K=4, num_workers=0, seed=0)
+    cnt = CountEval()
+    learn = iaunet_learner(dls, 'resnet18', pretrained=False, every=3, path=tmp_path, cbs=cnt)
+    learn.fit(3, 1e-3, cbs=[SaveModelCallback(monitor='mAP', fname='best'),
+                            EarlyStoppingCallback(monitor='mAP', patience=3)])
+    assert cnt.n[:2] == [0, 0] and cnt.n[2] == len(dls.valid) > 0
+    names = learn.recorder.metric_names[1:-1]
+    rows = [dict(zip(names, r)) for r in learn.recorder.values]
+    assert all(np.isnan(r['valid_loss']) and np.isnan(r['mAP']) for r in rows[:2]), rows
+    assert np.isfinite(rows[2]['valid_loss']) and np.isfinite(rows[2]['mAP'])
+    assert np.isfinite(rows[0]['train_loss']) and np.isfinite(rows[0]['train_ce'])     # training columns untouched
+    assert (tmp_path/'models'/'best.pth').exists()
+
+
+def test_learner_from_scratch_has_authors_init(world):
+    "`pretrained=False`: no zero-initialised BatchNorm outside the IAU blocks' update BNs (timm's zero_init_last off)."
+    dls = reid_dls(market1501_df(world/'Market-1501'), size=SIZE, P=4, K=4, num_workers=0, seed=0)
+    learn = iaunet_learner(dls, 'resnet18', pretrained=False)
+    zero = [n for n, m in learn.model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            and bool((m.weight == 0).all())]
+    assert zero and all(n.startswith('iau.') and n.endswith('update.1') for n in zero), zero
+    learn = iaunet_learner(dls, 'resnet18', pretrained=False, model_kwargs=dict(zero_init_last=True))
+    assert sum(n.startswith('backbone.') and bool((m.weight == 0).all()) for n, m in learn.model.named_modules()
+               if isinstance(m, torch.nn.BatchNorm2d)) == 8                             # model_kwargs still win
