@@ -17,7 +17,7 @@ min_python = cfg['min_python']
 spdx = int(setuptools.__version__.split('.')[0]) >= 77
 
 requirements = cfg.get('requirements', '').split()
-extras = {k: cfg.get(f'{k}_requirements', '').split() for k in ('dev', 'onnx', 'tensorboard')}
+extras = {k: cfg.get(f'{k}_requirements', '').split() for k in ('dev', 'onnx', 'tensorboard', 'faiss')}
 console_scripts = cfg.get('console_scripts', '').split()
 readme = Path(__file__).parent/'README.md'
 

@@ -18,10 +18,10 @@ MODELS = {'baseline': (), 'IAUnet': (2, 3)}
 KEYS = ('rank1', 'mAP', 'mINP')
 
 
-def library_run(name, seed, tmp, epochs, arch, preset='small', every=None):
+def library_run(name, seed, tmp, epochs, arch, preset='small', every=None, P=None):
     "One `make demo` run of the library model `name` ('baseline'/'IAUnet') with training seed `seed` on the shared world."
     r = run_demo(tmp/f'{name}-{seed}', tmp/f'synth-{preset}', preset=preset, seed=seed, world_seed=0, arch=arch,
-                 epochs=epochs, iau_stages=MODELS[name], every=every or epochs, quiet_bars=True)
+                 epochs=epochs, iau_stages=MODELS[name], every=every or epochs, P=P, quiet_bars=True)
     return dict(model=name, seed=seed, load=os.getloadavg(), images_per_s=r['train_images_per_s'],
                 **{k: r['trained'][k] for k in KEYS}, untrained_mAP=r['untrained']['mAP'])
 
@@ -88,7 +88,7 @@ def main():
         for name in MODELS:
             runs.append(library_run(name, seed, tmp, a.epochs, a.arch, a.preset))
             print(json.dumps(runs[-1]), flush=True)
-        (ROOT/'bench'/'results'/'ablation.md').write_text(ablation_md(runs, a))   # after every seed
+            (ROOT/'bench'/'results'/'ablation.md').write_text(ablation_md(runs, a))   # after every run
     print((ROOT/'bench'/'results'/'ablation.md').read_text())
 
 

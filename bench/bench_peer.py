@@ -64,7 +64,7 @@ def torchreid_run(seed, root, epochs, size=(128, 64), P=16, K=4, lr=3e-4):
                                                  scheduler=sched, use_gpu=False, label_smooth=True)
     engine.max_epoch, n_seen, t = epochs, 0, time.time()
     for engine.epoch in range(epochs):
-        engine.train(print_freq=10**9)
+        engine.train(print_freq=len(dm.train_loader))     # one line per epoch
         n_seen += len(dm.train_loader) * P * K
     t = time.time() - t
     qf, qp, qc = _features(model, dm.test_loader['market1501']['query'])
@@ -83,7 +83,7 @@ def peer_md(runs, a, have_peer) -> str:
              f"{max(abs(r['rank1'] - r['torchreid_rank1']) for r in peer):.1e}, mAP "
              f"{max(abs(r['mAP'] - r['torchreid_mAP']) for r in peer):.1e} (Cython: {all(r['cython'] for r in peer)}); "
              f"{peer[0]['n_query']} queries, {peer[0]['n_gallery']} gallery images." if peer else
-             'torchreid was not importable: only the library rows ran.')
+             'torchreid has no finished run yet.' if have_peer else 'torchreid was not importable: only the library rows ran.')
     models = (['torchreid ImageTripletEngine'] if have_peer else []) + list(MODELS)
     return '\n'.join([
         '## Side by side with torchreid (synthetic Market-1501, from scratch, CPU)', '',
@@ -92,7 +92,7 @@ def peer_md(runs, a, have_peer) -> str:
         + f" --epochs {a.epochs}` (torchreid f8cd150 built from source, see /work/peers/TORCHREID_READY)  ",
         machine_line() + '  ',
         f"Setting: one `{a.preset}` world (world seed 0; torchreid's own `Market1501` class parses the same folder), resnet18 "
-        f"from scratch at 128×64, P×K 16×4, {a.epochs} epochs, CE with label smoothing + batch-hard triplet 0.3 on both "
+        f"from scratch at 128×64, P×K {a.P}×4, {a.epochs} epochs, CE with label smoothing + batch-hard triplet 0.3 on both "
         f"sides. torchreid: its resnet18 and defaults (Adam 3e-4 constant, `random_flip`, Euclidean on raw features). "
         f"Library: `make demo`'s recipe (torch Adam, `fit_one_cycle` lr {CPU_RECIPE['lr']}, its augmentation, cosine on the "
         "post-BN feature), scored at the last epoch; the authors' initialisation (no zero-init residual BN). "
@@ -119,6 +119,7 @@ def main(argv=None):
     p.add_argument('--epochs', type=int, default=CPU_RECIPE['epochs'])
     p.add_argument('--arch', default=CPU_RECIPE['arch'])
     p.add_argument('--preset', default='small', choices=['tiny', 'small', 'medium'])
+    p.add_argument('--P', type=int, default=CPU_RECIPE['P'], help='identities per batch (K = 4); the tiny world has 4')
     p.add_argument('--no-peer', action='store_true', help='run the library rows only')
     p.add_argument('--no-ablation', action='store_true', help='do not rewrite bench/results/ablation.md')
     p.add_argument('--video', action='store_true', help='the tracklet side by side (bench/bench_peer_video.py)')
@@ -133,11 +134,11 @@ def main(argv=None):
     peer_seeds = a.seeds if a.peer_seeds is None else a.peer_seeds
     runs = []
     for seed in a.seeds:
-        n = len(runs)
-        if have_peer and seed in peer_seeds: runs.append(torchreid_run(seed, torchreid_world(tmp, a.preset), a.epochs))
-        for name in MODELS: runs.append(library_run(name, seed, tmp, a.epochs, a.arch, a.preset))
-        for r in runs[n:]: print(json.dumps(r), flush=True)
-        write_results(runs, a, have_peer)                 # after every seed: a stopped run leaves what it measured
+        jobs = [lambda: torchreid_run(seed, torchreid_world(tmp, a.preset), a.epochs, P=a.P)] if have_peer and seed in peer_seeds else []
+        jobs += [lambda name=name: library_run(name, seed, tmp, a.epochs, a.arch, a.preset, P=a.P) for name in MODELS]
+        for job in jobs:
+            runs.append(job()); print(json.dumps(runs[-1]), flush=True)
+            write_results(runs, a, have_peer)             # after every run: a stopped benchmark leaves what it measured
     print((ROOT/'bench'/'results'/'peer.md').read_text())
     return 0
 

@@ -10,13 +10,19 @@ from .part_masks import *
 from .schp import *
 from .layers import *
 from .models import *
+from .classifier import *
 from .losses import *
 from .metrics import *
+from .verification import *   # open-set verification: verification_report, fit_verifier, learn.verify
 from .callbacks import *
 from .learner import *
 from .inference import *
 from .interpret import *
 from .native import *
+from .run_guards import *
 from .commands import *
+from .gallery import *
+from .targets import *        # cross-domain CLI runs (--sources/--targets), eval --verify
+from .export import *         # ONNX export (iaunet export)
 from .distributed import *     # also patches Learner.distrib_ctx/to_distributed (fastai.distributed + gloo/CPU support)
 from fastai.learner import load_learner   # for learn.export() files (pickles: trusted files only)

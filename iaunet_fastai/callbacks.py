@@ -106,6 +106,12 @@ class RetrievalEvaluator(Callback):
         if not self._pending: return self.results
         self._pending = False
         if not self._store: return self.results           # no eval batch seen (get_preds on train/test, summary): nothing to score
+        self.results = self.evaluate(*self.collected())
+        return self.results
+
+    def collected(self):
+        """The collected evaluation set, one row per image or tracklet: `(feats, pids, camids, is_query, items)`
+        (`items`: rows of `pd.concat([dls.query_df, dls.gallery_df])`); empties the store."""
         from iaunet_fastai.distributed import gather_eval_set   # under distributed evaluation: every process's rows
         f, pid, cam, isq, item = gather_eval_set(self._store, getattr(getattr(self, 'learn', None), 'dl', None))
         self._store = []
@@ -113,6 +119,9 @@ class RetrievalEvaluator(Callback):
         key = item.long() * 2 + isq.long()                # items of the query and gallery sets may share numbers
         tf, ids = aggregate_tracklets(f, key)
         first = torch.zeros(int(key.max()) + 1, dtype=torch.long).index_copy_(0, key.flip(0), torch.arange(len(key) - 1, -1, -1))[ids]
-        parts = query_gallery_split(tf, pid[first], cam[first], isq[first], self.gallery)
-        self.results = evaluate_retrieval(*parts, metric=self.metric, **self.eval_kwargs)
-        return self.results
+        return tf, pid[first], cam[first], isq[first], item[first]
+
+    def evaluate(self, feats, pids, camids, is_query, items) -> dict:
+        "Retrieval metrics of the collected set (a subclass may score it differently, e.g. per target dataset)."
+        parts = query_gallery_split(feats, pids, camids, is_query, self.gallery)
+        return evaluate_retrieval(*parts, metric=self.metric, **self.eval_kwargs)

@@ -16,6 +16,9 @@ SUBCOMMANDS = {
     'train':   ('iaunet_fastai.commands:train_cli',    'train IAUnet / VideoIAUnet on a dataset root or the synthetic world'),
     'eval':    ('iaunet_fastai.commands:eval_cli',     'evaluate a trained model: rank-1/5/10/20, mAP, mINP'),
     'extract': ('iaunet_fastai.commands:extract_cli',  'extract L2-normalised embeddings for images or tracklets'),
+    'index':   ('iaunet_fastai.gallery:index_cli',     'build a searchable gallery (index build MODEL ITEMS --out DIR) or add to one (index add DIR ITEMS)'),
+    'search':  ('iaunet_fastai.gallery:search_cli',    'search a gallery with query images: top-k per query (-k 10, --csv out.csv)'),
+    'export':  ('iaunet_fastai.export:export_cli',      'export a trained model to ONNX (dynamic batch axis), checked with onnxruntime'),
 }
 
 def _usage():
@@ -65,6 +68,17 @@ def run_subcommand(fn, argv, prog=None):
     try: return f(**args)
     except ReIDInputError as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr); return 1
+    except BrokenPipeError:     # the reader of stdout went away (`| head`): nothing more to say to it
+        _silence_stdout(); return 1
+    except OSError as e:        # a full disk, a missing permission, ... : one line naming the file
+        print(f"{p.prog}: error: {os_error_line(e)}", file=sys.stderr); return 1
+
+
+def _silence_stdout():
+    "Point stdout at /dev/null so that the interpreter's final flush does not fail again."
+    import os
+    try: os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError): pass
 
 # %% ../nbs/11_cli.ipynb #80e10a0d
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # `python -m iaunet_fastai.cli ...`

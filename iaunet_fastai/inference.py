@@ -45,8 +45,10 @@ def save_reid_model(learn_or_model, fname):
     cfg = {**_model_config(m), **{k: v for k, v in (getattr(m, 'reid_config', None) or {}).items()
                                   if k in ('img_size', 'vocab')}}
     fname = Path(fname)
-    with atomic_path(fname) as tmp:
-        torch.save({'reid_config': cfg, 'model': {k: v.detach().cpu() for k, v in m.state_dict().items()}}, tmp)
+    sd = check_finite_state({k: v.detach().cpu() for k, v in m.state_dict().items()}, f"not written: '{fname}'")
+    out = {'reid_config': cfg, 'model': sd}
+    if getattr(m, 'verifier', None) is not None: out['verifier'] = m.verifier.state_dict()   # plain numbers (`fit_verifier`)
+    save_atomic(out, fname)
     return fname
 
 def _complete_config(cfg, sd, fname):
@@ -79,6 +81,7 @@ def load_reid_model(fname, model=None):
                                                "pass `model=` to load a plain state dict into it")
         return model.load_checkpoint(fname)
     cfg = _complete_config(sd['reid_config'], sd['model'], fname)
+    check_finite_state(sd['model'], f"'{fname}'")   # a diverged run's weights: refused, naming the file
     if model is None:
         model = _build_model(cfg)
         model.reid_config = cfg
@@ -91,6 +94,9 @@ def load_reid_model(fname, model=None):
         if diff: raise ReIDInputError(f"'{fname}' does not fit this model: " +
                                       ', '.join(f"{k}: file {a!r} vs model {b!r}" for k, (a, b) in diff.items()))
     model.load_state_dict(sd['model'])
+    if 'verifier' in sd:                   # a calibrated verifier (`fit_verifier`), plain numbers
+        from iaunet_fastai.verification import Verifier
+        model.verifier = Verifier.from_state(sd['verifier'])
     return model.eval()
 
 # %% ../nbs/10b_inference.ipynb #ec2711fc

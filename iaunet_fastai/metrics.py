@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pathlib import Path
+from contextlib import contextmanager
 
 # %% ../nbs/08_metrics.ipynb #fc46ba57
 def _as_tensor(x, name, dtype=None):
@@ -300,71 +301,135 @@ def evaluate_tracklets(clip_feats, clip_track_idx, pids, camids, is_query, mars=
     return evaluate_retrieval(*parts, **kwargs)
 
 # %% ../nbs/08_metrics.ipynb #1cde993a
-def _knn(X, k, metric, rowmax, cs):
-    "k nearest neighbours (sorted, self included) of every row of `X` among all rows, chunked; fills `rowmax`."
-    N = len(X); nn = torch.empty(N, k, dtype=torch.long); gn = X.norm(dim=1).clamp_min(1e-12)  # all-zero rows: no NaN
-    for s in range(0, N, cs):
-        d = pairwise_distance(X[s:s + cs], X, metric, gn).pow_(2)
-        rowmax[s:s + cs] = d.max(1).values
-        nn[s:s + cs] = d.topk(k, dim=1, largest=False, sorted=True).indices
-    return nn
+def _scores(X, s, e, metric, sq, cols=None, out=None):
+    """Closeness of rows `s:e` of `X` to rows `cols` (default `s:`; larger = closer): cosine similarity (`X` normalised)
+    or −squared distance; into `out` when given (a reused buffer: fresh pages for every block cost ~20% more)."""
+    Y = X[s:] if cols is None else X[cols]; sy = None if sq is None else (sq[s:] if cols is None else sq[cols])
+    if metric == 'cosine': return torch.mm(X[s:e], Y.T, out=out)
+    return torch.addmm(sy[None], X[s:e], Y.T, beta=-1, alpha=2, out=out).sub_(sq[s:e, None]).clamp_max_(0)
 
-def _pair_dist(X, i, j, metric, rowmax, bs=4096):
-    "Normalised squared distance of the pairs (i[n], j[n]), in blocks of `bs` pairs (bounded memory)."
-    out = torch.empty(len(i))
+@contextmanager
+def _one_thread(dev):
+    "Run small CPU tensor operations on one thread (on a busy machine, 2+ threads made them up to 7x slower)."
+    n = torch.get_num_threads()
+    if dev.type == 'cpu': torch.set_num_threads(1)
+    try: yield
+    finally: torch.set_num_threads(n)
+
+def _to_sqdist(score, metric):
+    "Squared distance from a closeness score of `_scores` (in place)."
+    return score.neg_().add_(1).pow_(2) if metric == 'cosine' else score.neg_()
+
+def _merge_topk(v, i, nv, ni, k):
+    "The `k` largest per row of the running (`v`, `i`) and the candidates (`nv`, `ni`), sorted."
+    v, pos = torch.cat([v, nv], 1).topk(k, dim=1)
+    return v, torch.cat([i, ni], 1).gather(1, pos)
+
+def _merge_pairs(bv, bi, rows, v, idx):
+    "Merge scattered candidates (row `rows[n]` meets item `idx[n]` with score `v[n]`) into the running top-k `bv`, `bi`."
+    k = bv.shape[1]
+    o = v.argsort(descending=True, stable=True); o = o[rows[o].argsort(stable=True)]   # by row, best first
+    rows, v, idx = rows[o], v[o], idx[o]
+    u, cnt = torch.unique_consecutive(rows, return_counts=True)
+    slot = torch.repeat_interleave(torch.arange(len(u), device=rows.device), cnt)
+    pos = torch.arange(len(rows), device=rows.device) - (cnt.cumsum(0) - cnt)[slot]
+    keep = pos < k
+    pv = torch.full((len(u), k), -math.inf, device=bv.device); pi = torch.zeros((len(u), k), dtype=torch.long, device=bv.device)
+    pv[slot[keep], pos[keep]], pi[slot[keep], pos[keep]] = v[keep], idx[keep]
+    bv[u], bi[u] = _merge_topk(bv[u], bi[u], pv, pi, k)
+
+def _knn(X, k, metric, cs, qg=None, Q=0, n_probe=256):
+    """`(nn, nn_sqdist, rowmax)`: the `k` nearest neighbours (sorted, self included) of every row of `X`, their squared
+    distances and each row's largest squared distance, from one pass over the upper triangle of the N×N product in blocks of `cs` rows: a block gives
+    its rows their `topk`, and the rows after it (its columns) only the scores that reach their current k-th best
+    (bounded from the start by the k-th best among `n_probe` spread rows), so the block is never transposed or sorted
+    along columns. `qg` [Q, N-Q] receives the query×gallery scores on the way. Cosine wants `X` L2-normalised."""
+    N, dev = len(X), X.device
+    sq = X.pow(2).sum(1) if metric == 'euclidean' else None
+    bv = torch.full((N, k), -math.inf, device=dev); bi = torch.zeros((N, k), dtype=torch.long, device=dev)
+    probe = torch.arange(0, N, max(1, N // n_probe), device=dev)   # distinct rows (a repeated one would raise the bound)
+    slack = 1e-4 * (1. if metric == 'cosine' else 4 * float(sq.max()) + 1e-12)   # the probe product rounds differently
+    thr0 = (_scores(X, 0, N, metric, sq, probe).topk(k, dim=1).values[:, -1] - slack if len(probe) >= k
+            else torch.full((N,), -math.inf, device=dev))      # a lower bound of every row's k-th best score
+    lo = torch.full((N,), math.inf, device=dev)             # each row's lowest score = largest distance
+    buf = torch.empty(min(cs, N), N, device=dev)
+    for s in range(0, N, cs):
+        e = min(s + cs, N)
+        S = _scores(X, s, e, metric, sq, out=buf[:e - s, :N - s])   # [e-s, N-s]
+        v, i = S.topk(min(k, N - s), dim=1)
+        bv[s:e], bi[s:e] = _merge_topk(bv[s:e], bi[s:e], v, i + s, k)
+        torch.minimum(lo[s:e], S.amin(1), out=lo[s:e])
+        if e < N:                                             # the same block, as columns, for rows e:N
+            C = S[:, e - s:]
+            torch.minimum(lo[e:], C.amin(0), out=lo[e:])
+            r, c = (C >= torch.maximum(thr0[e:], bv[e:, -1])[None]).nonzero(as_tuple=True)
+            if len(r):
+                with _one_thread(dev): _merge_pairs(bv, bi, c + e, C[r, c], r + s)
+        if qg is not None and s < Q: qg[s:min(e, Q)] = S[:min(e, Q) - s, Q - s:]
+    return bi, _to_sqdist(bv, metric), _to_sqdist(lo, metric)
+
+def _recip_mask(nb, bs=4096):
+    "`[N, k]` bool: `nb[i, a]` is a k-reciprocal neighbour of `i` (`i` is among `nb[nb[i, a]]`)."
+    ar = torch.arange(len(nb), device=nb.device)
+    return torch.cat([(nb[nb[s:s + bs]] == ar[s:s + bs, None, None]).any(2) for s in range(0, len(nb), bs)])
+
+def _expansion_pairs(nn, k1, bs=None):
+    """`(rows, cols)` of every item's k-reciprocal set expanded by the half-size reciprocal sets of its members that
+    share more than 2/3 with it (Zhong et al.), vectorised over chunks of `bs` rows (a [bs, N] membership map);
+    sorted by row, then column."""
+    nnh = nn[:, :int(np.around(k1 / 2.)) + 1].contiguous()
+    R, Rh, N, keys, dev = _recip_mask(nn), _recip_mask(nnh), len(nn), [], nn.device
+    bs = bs or max(1, 2**24 // N)
+    member = torch.zeros(min(bs, N), N, dtype=torch.bool, device=dev)   # row b: the k-reciprocal set of item s+b
+    for s in range(0, N, bs):
+        f, r = nn[s:s + bs], R[s:s + bs]                     # neighbours and their reciprocity [b, k]
+        lr = torch.arange(len(f), device=dev)[:, None]
+        member[lr.expand_as(f)[r], f[r]] = True
+        ck, cm = nnh[f], Rh[f]                                # each member's half-size neighbours + reciprocity [b, k, h]
+        shared = (member[lr[..., None], ck] & cm).sum(2)
+        member[lr.expand_as(f)[r], f[r]] = False
+        joins = r & (shared > 2. / 3 * cm.sum(2))            # members whose reciprocal set joins the expansion
+        sel = joins[..., None] & cm
+        rows = lr + s
+        k_ = torch.cat([rows.expand_as(f)[r], rows[..., None].expand_as(ck)[sel]]) * N
+        keys.append(torch.unique(k_ + torch.cat([f[r], ck[sel]])))   # sorted; chunks hold disjoint rows
+    keys = torch.cat(keys)
+    return keys // N, keys % N
+
+def _pair_sqdist(X, i, j, nn, nnd, metric, bs=2**18):
+    """Squared distance of the pairs (i[n], j[n]): read from the k-NN table where `j` is a neighbour of `i` (~3/4 of
+    them), else computed (cosine: `X` L2-normalised)."""
+    out = torch.empty(len(i), device=X.device)
     for s in range(0, len(i), bs):
-        a, b = X[i[s:s + bs]], X[j[s:s + bs]]
-        if metric == 'cosine': d = 1 - (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1)
-        else: d = (a - b).pow(2).sum(1).clamp_min(0).sqrt()
+        a, b = i[s:s + bs], j[s:s + bs]
+        hit = nn[a] == b[:, None]
+        d, m = (nnd[a] * hit).sum(1), (~hit.any(1)).nonzero().flatten()
+        for t in range(0, len(m), 1024):
+            u = m[t:t + 1024]; xa, xb = X[a[u]], X[b[u]]
+            d[u] = (1 - (xa * xb).sum(1)).pow_(2) if metric == 'cosine' else (xa - xb).pow_(2).sum(1)
         out[s:s + bs] = d
-    return out.pow_(2).div_(rowmax[i])
+    return out
 
 # %% ../nbs/08_metrics.ipynb #984184f2
-def re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric='cosine', chunk_size=None):
-    """k-reciprocal re-ranking of `qf` [Q,D] vs `gf` [G,D] with sparse k-NN structures; returns float32 [Q,G] distance.
-    On a set of N <= k1 items `k1` shrinks to N-1 (and `k2` to at most k1+1) with a warning; all-zero rows are allowed."""
-    import scipy.sparse as sp
-    qf, gf = _prep_features(qf, 'qf', torch.device('cpu')).float(), _prep_features(gf, 'gf', torch.device('cpu')).float()
-    if qf.shape[1] != gf.shape[1]: raise ReIDInputError(f"`qf` has dim {qf.shape[1]} but `gf` has dim {gf.shape[1]}")
-    X = torch.cat([qf, gf]); N, Q = len(X), len(qf)
+def _rerank_ks(k1, k2, N):
+    "`k1`, `k2` checked against the set size `N` (shrunk with a warning on small sets)."
+    import warnings
     if k1 < 1 or k2 < 1: raise ReIDInputError(f"re-ranking needs k1 >= 1 and k2 >= 1, got k1={k1}, k2={k2}")
     if k1 + 1 > N:      # a small set: fewer neighbours than asked for
-        import warnings
         if N < 2: raise ReIDInputError(f"re-ranking needs at least 2 items (queries + gallery), got {N}")
         warnings.warn(f"re-ranking: k1={k1} needs more than {N} items (queries + gallery); using k1={N - 1}")
         k1 = N - 1
     if k2 > k1 + 1:
-        import warnings
         warnings.warn(f"re-ranking: k2={k2} must be <= k1+1={k1 + 1}; using k2={k1 + 1}")
         k2 = k1 + 1
-    cs = int(chunk_size or max(1, 2**23 // N))
-    rowmax = torch.empty(N)
-    nn = _knn(X, k1 + 1, metric, rowmax, cs)
-    rowmax.clamp_min_(1e-12)
-    h = int(np.around(k1 / 2.)) + 1
-    nnp, nnh = nn.numpy(), np.ascontiguousarray(nn[:, :h].numpy())
-    def recip(nb, i):  # k-reciprocal neighbours of item i from a k-NN table `nb`
-        f = nb[i]; return f[(nb[f] == i).any(1)]
-    rows, cols = [], []
-    for i in range(N):
-        kr = recip(nnp, i)
-        exp = [kr]
-        for c_ in kr:
-            ckr = recip(nnh, c_)
-            if len(np.intersect1d(ckr, kr)) > 2. / 3 * len(ckr): exp.append(ckr)
-        e = np.unique(np.concatenate(exp))
-        rows.append(np.full(len(e), i)); cols.append(e)
-    ri, ci = torch.as_tensor(np.concatenate(rows)), torch.as_tensor(np.concatenate(cols))
-    w = torch.exp(-_pair_dist(X, ri, ci, metric, rowmax)).double()
-    w = (w / torch.zeros(N, dtype=torch.float64).index_add_(0, ri, w)[ri]).float().numpy()
-    V = sp.csr_matrix((w, (ri.numpy(), ci.numpy())), shape=(N, N), dtype=np.float32)
-    if k2 != 1:
-        A = sp.csr_matrix((np.full(N * k2, 1. / k2, dtype=np.float32), (np.repeat(np.arange(N), k2), nn[:, :k2].numpy().ravel())),
-                          shape=(N, N))
-        V = (A @ V).tocsr()
-    Vc = V[Q:].tocsc(); Vc.sort_indices()                      # inverted index over the gallery rows
-    out = np.empty((Q, N - Q), dtype=np.float32)
-    gn, colnnz = gf.norm(dim=1).clamp_min(1e-12), np.diff(Vc.indptr)
+    return k1, k2
+
+def _jaccard_into(out, V, Q, lambda_, metric, rowmax, cs):
+    """`out` [Q, G] holds query×gallery scores; turns them, query chunk by query chunk, into
+    `(1-λ)·jaccard + λ·d/rowmax` with the Jaccard distance of the rows of sparse `V` (inverted index over the gallery)."""
+    N = V.shape[0]; G = N - Q
+    Vc = V[Q:].tocsc(); Vc.sort_indices()
+    colnnz = np.diff(Vc.indptr)
     per_row = max(1., V[:Q].nnz / Q * Vc.nnz / N)                 # ~ (i, k, j) triples per query row
     js = max(1, min(cs, int(4e6 / per_row)))                      # bounded temporary arrays
     for s in range(0, Q, js):
@@ -374,11 +439,39 @@ def re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric='cosine', chunk_size=Non
         st = np.repeat(Vc.indptr[sub.col], cnt)
         off = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt)
         jj = Vc.indices[st + off]; vmin = np.minimum(np.repeat(sub.data, cnt), Vc.data[st + off])
-        tm = np.bincount(np.repeat(sub.row, cnt) * (N - Q) + jj, weights=vmin,
-                         minlength=(e - s) * (N - Q)).reshape(e - s, N - Q).astype(np.float32)
-        jac = 1 - tm / (2. - tm)
-        od = pairwise_distance(qf[s:e], gf, metric, gn).pow_(2).div_(rowmax[s:e, None]).numpy()
-        out[s:e] = jac * (1 - lambda_) + od * lambda_
+        tm = torch.from_numpy(np.bincount(np.repeat(sub.row, cnt) * G + jj, weights=vmin,
+                                          minlength=(e - s) * G).reshape(e - s, G).astype(np.float32))
+        jac = tm.div_(tm - 2.).add_(1.)                            # 1 - tm / (2 - tm)
+        od = _to_sqdist(torch.from_numpy(out[s:e]), metric).div_(rowmax[s:e, None])
+        od.mul_(lambda_).add_(jac, alpha=1 - lambda_)
+
+def re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric='cosine', chunk_size=None, device=None):
+    """k-reciprocal re-ranking of `qf` [Q,D] vs `gf` [G,D] with sparse k-NN structures; returns float32 [Q,G] distance
+    (numpy). The k-NN pass runs on `device` (default: where `qf` is), in blocks of `chunk_size` rows (default
+    min(2**26 / N, N / 16)). On a set of N <= k1 items `k1` shrinks to N-1 (and `k2` to at most k1+1) with a warning; all-zero
+    rows are allowed."""
+    import scipy.sparse as sp
+    if metric not in ('cosine', 'euclidean'): raise ReIDInputError(f"`metric` must be 'cosine' or 'euclidean', got {metric!r}")
+    dev = best_device(device) if device is not None else (qf.device if isinstance(qf, torch.Tensor) else torch.device('cpu'))
+    qf, gf = _prep_features(qf, 'qf', dev).float(), _prep_features(gf, 'gf', dev).float()
+    if qf.shape[1] != gf.shape[1]: raise ReIDInputError(f"`qf` has dim {qf.shape[1]} but `gf` has dim {gf.shape[1]}")
+    X = torch.cat([qf, gf]); N, Q = len(X), len(qf)
+    if metric == 'cosine': X = F.normalize(X, dim=1)          # all-zero rows stay zero: distance 1 to everything
+    k1, k2 = _rerank_ks(k1, k2, N)
+    cs = int(chunk_size or max(1, min(2**26 // N, -(-N // 16))))   # >= 16 blocks: the triangle is ~53% of the square
+    out = np.empty((Q, N - Q), dtype=np.float32)
+    nn, nnd, rowmax = _knn(X, k1 + 1, metric, cs, torch.from_numpy(out), Q)
+    rowmax.clamp_min_(1e-12)
+    with _one_thread(dev):                                    # many mid-size operations
+        ri, ci = _expansion_pairs(nn, k1)
+        w = torch.exp(-_pair_sqdist(X, ri, ci, nn, nnd, metric).div_(rowmax[ri])).double()
+        w = (w / torch.zeros(N, dtype=torch.float64, device=dev).index_add_(0, ri, w)[ri]).float()
+    V = sp.csr_matrix((w.cpu().numpy(), (ri.cpu().numpy(), ci.cpu().numpy())), shape=(N, N), dtype=np.float32)
+    if k2 != 1:
+        A = sp.csr_matrix((np.full(N * k2, 1. / k2, dtype=np.float32),
+                           (np.repeat(np.arange(N), k2), nn[:, :k2].cpu().numpy().ravel())), shape=(N, N))
+        V = (A @ V).tocsr()
+    _jaccard_into(out, V, Q, lambda_, metric, rowmax.cpu(), cs)
     return out
 
 # %% ../nbs/08_metrics.ipynb #f3054d1b
@@ -404,7 +497,7 @@ def _load_img(x):
         return _load_img(x[len(x) // 2])
     if isinstance(x, (str, Path)):
         from PIL import Image
-        return np.asarray(Image.open(x).convert('RGB'))
+        with Image.open(x) as im: return np.asarray(upright(im).convert('RGB'))
     a = to_numpy(x)
     if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3): a = a.transpose(1, 2, 0)
     return a

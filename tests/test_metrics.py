@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from pathlib import Path
 from sklearn.metrics import average_precision_score
 
 from iaunet_fastai.core import ReIDInputError
@@ -273,3 +274,24 @@ def test_callback_every_and_flip(tmp_path):
     maps = [v[2] for v in learn.recorder.values]
     assert np.isnan(maps[0]) and np.isnan(maps[1]) and np.isfinite(maps[2]) and np.isfinite(maps[3])
     assert 0 < ev.results['mAP'] <= 1
+
+
+@pytest.mark.parametrize('name,metric,k1,k2', [('cos_20_6', 'cosine', 20, 6), ('euc_7_3', 'euclidean', 7, 3), ('cos_5_1', 'cosine', 5, 1)])
+def test_re_ranking_equals_the_previous_implementation(name, metric, k1, k2):
+    "tests/data/rerank_reference.npz: outputs of the dense-k-NN implementation (commit b2a12cc) on clustered features."
+    ref = np.load(Path(__file__).parent/'data'/'rerank_reference.npz')
+    for cs in (None, 3, 64):    # blocks smaller than k1, a few blocks, the default
+        out = re_ranking(ref['qf'], ref['gf'], k1=k1, k2=k2, lambda_=0.3, metric=metric, chunk_size=cs, device='cpu')
+        np.testing.assert_allclose(out, ref[name], atol=1e-6)
+
+
+def test_re_ranking_knn_pass_is_exact():
+    "The triangle pass (probe bound, column candidates) finds the same neighbours and row maxima as a full sort."
+    import torch.nn.functional as F
+    from iaunet_fastai.metrics import _knn
+    X = F.normalize(torch.randn(700, 12, generator=torch.Generator().manual_seed(0)), dim=1)
+    S = X @ X.T
+    for cs in (5, 64, 700):
+        nn, nnd, rowmax = _knn(X, 21, 'cosine', cs, n_probe=32)
+        assert (nn.sort(1).values == S.topk(21, dim=1).indices.sort(1).values).all()
+        np.testing.assert_allclose(rowmax, ((1 - S).pow(2)).max(1).values, rtol=1e-5)
