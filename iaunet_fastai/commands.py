@@ -66,7 +66,7 @@ def dataset_df(dataset=None, root=None, video=False, seed=0, preset='small', ver
         if root.is_dir() and any(root.iterdir()) and not (root/_MANIFEST).is_file():
             raise ReIDInputError(f"--dataset synthetic writes the synthetic world into --root, but '{root}' is a non-empty "
                                  "folder without one (your dataset? then name it with --dataset); choose a new or empty folder")
-        path = make_synthetic_reid(root, preset=preset, seed=seed)
+        path = make_synthetic_reid(root, preset=preset, seed=seed, datasets=('mars',) if video else ('market1501',))   # only the layout used
         return D.mars_df(path/'MARS') if video else D.market1501_df(path/'Market-1501')
     if root is None:
         raise ReIDInputError("--root is needed: the dataset folder (or --dataset synthetic for the built-in synthetic world)")

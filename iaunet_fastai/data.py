@@ -579,7 +579,7 @@ class ReIDDataLoaders(DataLoaders):
         "A data-free, picklable copy keeping the metadata (`n_classes`, `vocab`, `seq_len`, `img_size`...) for `learn.export`."
         res = ReIDDataLoaders.__new__(ReIDDataLoaders)
         res.loaders, res.path, res.query, res.gallery, res._device = [], self.path, None, None, getattr(self, '_device', None)
-        for k in ('n_classes', 'vocab', 'pid2label', 'seq_len', 'img_size', 'P', 'K'): setattr(res, k, getattr(self, k, None))
+        for k in ('n_classes', 'vocab', 'pid2label', 'seq_len', 'img_size', 'P', 'K', 'eval_gallery'): setattr(res, k, getattr(self, k, None))
         return res
 
     @property
@@ -609,7 +609,7 @@ def reid_dls(df, size=(256, 128), P=16, K=4, seq_len=None, sample_stride=1, mask
     `item_tfms`/`batch_tfms` are fastai transforms added to every loader (random ones, `split_idx=0`, run on train only).
     `persistent_workers`: `train` and `valid` keep their loader workers between epochs (`query`/`gallery`, used
     once, do not)."""
-    cols = set(df.columns)
+    cols, eval_gallery = set(df.columns), df.attrs.get('eval_gallery')   # the layout's protocol (mars_df: 'all')
     video = 'paths' in cols
     need = {'paths' if video else 'path', 'pid', 'camid', 'split'}
     if need - cols: raise ReIDInputError(f"df lacks column(s) {sorted(need - cols)}; expected {sorted(need)} (see `datasets`)")
@@ -663,7 +663,8 @@ def reid_dls(df, size=(256, 128), P=16, K=4, seq_len=None, sample_stride=1, mask
         query, gallery = edl(q, np.ones(len(q), bool)), edl(g, np.zeros(len(g), bool))
     return ReIDDataLoaders(train, valid, query, gallery, path=path, device=device,
         n_classes=len(vocab), vocab=vocab, pid2label=pid2label, seq_len=seq_len if video else None,
-        train_df=tr, query_df=q, gallery_df=g, img_size=size, P=P, K=K, masks=pm, item_tfms=item_tfms, batch_tfms=batch_tfms)
+        train_df=tr, query_df=q, gallery_df=g, img_size=size, P=P, K=K, masks=pm, item_tfms=item_tfms, batch_tfms=batch_tfms,
+        eval_gallery=eval_gallery)
 
 # %% ../nbs/03_data.ipynb #aa56fb38
 def _check_batch_tfms(batch_tfms, video):

@@ -175,6 +175,7 @@ def mars_df(root, query_in_gallery=False):
             if split == 'query' and query_in_gallery: rows.append({**r, 'split': 'gallery'})
     df = _finish(rows, _VCOLS)
     for s in ('train', 'query', 'gallery'): _check_split(df, s, info)
+    df.attrs['eval_gallery'] = 'non_query' if query_in_gallery else 'all'   # MARS official protocol (see `resolve_gallery`)
     return df
 
 # %% ../nbs/02_datasets.ipynb #865aace3

@@ -19,6 +19,7 @@ import fastai.callback.hook        # `Learner.summary`
 from .data import _denorm, _PART_CMAP, ReIDTestItems, PKDataLoader, frame_items
 from .models import VideoIAUnet
 from .metrics import aggregate_tracklets, evaluate_retrieval, show_ranked, pairwise_distance
+from .callbacks import resolve_gallery
 
 # %% ../nbs/10e_interpret.ipynb #39077559
 def _dls_attr(dls, name):
@@ -168,14 +169,14 @@ def show_part_maps(learn, items, masks=None, frame=None, figsize_per=(1.0, 1.9),
     return fig
 
 # %% ../nbs/10e_interpret.ipynb #5875ef95
-def evaluate_targets(learn, by='dataset', gallery='non_query', **kwargs) -> dict:
+def evaluate_targets(learn, by='dataset', gallery=None, **kwargs) -> dict:
     """Retrieval metrics of each target dataset separately: `{name: evaluate_retrieval(...)}` for every value of the
-    `by` column of `dls.query_df` (see `combine_datasets`); `gallery='all'` keeps the queries in the gallery (MARS)."""
+    `by` column of `dls.query_df` (see `combine_datasets`); `gallery='all'` keeps the queries in the gallery (MARS; None: the data's protocol, `resolve_gallery`)."""
     q, g = _dls_attr(learn.dls, 'query_df'), _dls_attr(learn.dls, 'gallery_df')
     if q is None or g is None or len(q) == 0: raise ReIDInputError("evaluate_targets needs dls with query/gallery splits (reid_dls(df))")
     if by not in q.columns or by not in g.columns:
         raise ReIDInputError(f"the query/gallery frames have no {by!r} column: build df with combine_datasets({{name: df, ...}})")
-    if gallery not in ('non_query', 'all'): raise ReIDInputError(f"`gallery` must be 'non_query' or 'all', got {gallery!r}")
+    gallery = resolve_gallery(gallery, learn.dls)
     qf, gf = learn.embed(frame_items(q)), learn.embed(frame_items(g))
     out = {}
     for name in pd.unique(q[by]):

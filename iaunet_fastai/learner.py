@@ -210,11 +210,12 @@ def as_reid_dls(dls):
 # %% ../nbs/10_learner.ipynb #3a8bf053
 @delegates(Learner.__init__)
 def iaunet_learner(dls, arch='resnet50', pretrained=True, video=None, iau_stages=(2, 3), last_stride=1,
-                   loss_func=None, metrics=None, cbs=None, every=1, flip_tta=False, gallery='non_query', lr=3.5e-4, wd=5e-4,
+                   loss_func=None, metrics=None, cbs=None, every=1, flip_tta=False, gallery=None, lr=3.5e-4, wd=5e-4,
                    opt_func=torch_adam, pretrained_file=None, model_kwargs=None, compile=False, **kwargs) -> Learner:
     """A fastai `Learner` with IAUnet/VideoIAUnet for `dls`, `ReIDLoss`, loss-term columns and retrieval metrics.
     `video` defaults to whether `dls` holds tracklets; `every`/`flip_tta` configure the `RetrievalEvaluator`;
-    `gallery='all'` puts the queries into the gallery too (the MARS official protocol). `compile=True` (or a dict of
+    `gallery`: None scores with the data's protocol (`dls.eval_gallery`: MARS's official one, queries kept in the
+    gallery, on a MARS layout; else 'non_query'), `'all'`/`'non_query'` choose. `compile=True` (or a dict of
     `torch.compile` options) compiles the model in place (`nn.Module.compile`: state-dict keys and model files unchanged),
     `compile='iau'` only its IAU blocks (`compile_iau_blocks`: seconds to compile, the blocks' small kernels fused).
     User `metrics` are added next to the retrieval columns (`check_metrics`: classification metrics are refused); a
