@@ -1,4 +1,7 @@
-"Everything a user needs: `from iaunet_fastai.all import *` (hand-kept; not exported from a notebook)."
+"""Everything a user needs: `from iaunet_fastai.all import *` (hand-kept; not exported from a notebook).
+Like `from fastai.vision.all import *` (which it includes first: Learner, callbacks, DataBlock, Path, np, torch ...),
+then every iaunet_fastai module, whose names win where both define one."""
+from fastai.vision.all import *
 from .core import *
 from .synthetic import *
 from .datasets import *
@@ -15,6 +18,7 @@ from .callbacks import *
 from .learner import *
 from .inference import *
 from .interpret import *
+from .native import *
 from .run_guards import *
 from .commands import *
 from .gallery import *

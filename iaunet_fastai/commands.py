@@ -118,15 +118,9 @@ def check_out_file(out, overwrite=False, what='--out') -> Path:
 
 def check_query_gallery(df, gallery='non_query'):
     "`ReIDInputError` when no query has a match (same pid, another camera) in the gallery; prints how many have none."
-    q, g = df[df.split == 'query'], df[df.split == 'gallery']
-    if gallery == 'all': g = pd.concat([g, q])
-    if not len(q) or not len(g): raise ReIDInputError(f"empty {'query' if not len(q) else 'gallery'} split: nothing to evaluate")
-    g = g[g.pid != -1]
-    cams = g.groupby('pid').camid.apply(set).to_dict()
-    ok = sum(bool(cams.get(p, set()) - {c}) for p, c in zip(q.pid, q.camid))
-    if ok == 0:
-        raise ReIDInputError(f"none of the {len(q)} queries has a match in the gallery (same identity, another camera): "
-                             "the evaluation would fail; check the query and gallery folders")
+    from iaunet_fastai.native import check_evaluable
+    q = df[df.split == 'query']
+    ok = check_evaluable(q, df[df.split == 'gallery'], gallery)
     if ok < len(q): print(f"note: {len(q) - ok} of {len(q)} queries have no match in the gallery; the evaluation skips them")
     return ok
 
@@ -199,7 +193,7 @@ def save_checkpoint(learn, fname, epoch, partial=None):
     check_finite_state(learn.model.state_dict(), f"not written: '{fname}'")
     ck = dict(epoch=int(epoch), model=learn.model.state_dict(), opt=opt, rng=_rng_state(),
               sampler_epoch=getattr(learn.dls.train, '_epoch', None),
-              augment=[a.rng.bit_generator.state for a in _augments(learn)], smooth_loss=_smooth_state(learn),
+              augment=[a._rng().bit_generator.state for a in _augments(learn)], smooth_loss=_smooth_state(learn),
               partial=partial)
     save_atomic(ck, fname)
     return fname
@@ -222,7 +216,7 @@ def resume_checkpoint(learn, fname) -> int:
                 if isinstance(v, torch.Tensor): s[k] = v.to(p.device)
     _set_rng_state(ck['rng'])
     if ck.get('sampler_epoch') is not None: learn.dls.train._epoch = ck['sampler_epoch']
-    for a, s in zip(_augments(learn), ck.get('augment', [])): a.rng.bit_generator.state = s
+    for a, s in zip(_augments(learn), ck.get('augment', [])): a._rng().bit_generator.state = s
     learn._resume_smooth_loss = ck.get('smooth_loss')   # the Recorder resets it in before_fit: `TrainCheckpoint` puts it back
     p = learn._resume_partial = ck.get('partial')
     if not p: return ck['epoch'] + 1
@@ -385,7 +379,7 @@ def train_cli(dataset:str=None,        # dataset name: market1501, dukemtmc, cuh
               targets:Annotated[str, {'nargs': '+'}]=None, # cross-domain: name=root pairs of test datasets, each scored on its own (columns <name>_rank1, _mAP, _mINP)
               video:bool=False,        # synthetic only: train the video model on the MARS layout
               arch:str='resnet50.tv_in1k', # timm backbone tag; default: torchvision's ResNet-50 ImageNet weights, what the authors' recipe starts from (timm's plain 'resnet50' is resnet50.a1_in1k, another recipe)
-              pretrained:bool=False,   # load timm's pretrained weights for --arch (needs them downloadable or cached)
+              pretrained:bool=True,    # --no-pretrained: train from scratch; by default --arch starts from its ImageNet weights (the paper's recipe, as in iaunet_learner; downloaded or cached)
               baseline:bool=False,     # plain backbone + neck, no IAU blocks (ablation)
               epochs:int=60,           # training epochs
               schedule:str='one_cycle',# one_cycle; paper (the authors' recipe: torch Adam, L2 5e-4, lr x0.1 at 1/3 and 2/3); fine_tune

@@ -6,9 +6,9 @@ target, P×K identity sampling for training, ordered query/gallery loaders for e
 # %% auto #0
 __all__ = ['TINY_CROP', 'load_reid_image', 'TensorClip', 'LoadReIDImage', 'LoadClip', 'LoadPartMask', 'ImageReIDBlock',
            'TrackletBlock', 'PartMaskBlock', 'check_images', 'identical_files', 'report_identical_files',
-           'ReIDNormalize', 'ReIDAugment', 'pk_num_batches', 'pk_indices', 'clip_frames', 'eval_clips', 'ReIDItems',
-           'encode_specs', 'decode_specs', 'EpochFeed', 'PKDataLoader', 'ReIDEvalDL', 'ReIDDataLoaders', 'reid_dls',
-           'frame_items', 'ReIDTestItems']
+           'ReIDNormalize', 'global_seed', 'ReIDAugment', 'pk_num_batches', 'pk_indices', 'clip_frames', 'eval_clips',
+           'ReIDItems', 'encode_specs', 'decode_specs', 'EpochFeed', 'PKDataLoader', 'ReIDEvalDL', 'ReIDDataLoaders',
+           'reid_dls', 'image_values', 'frame_items', 'ReIDTestItems']
 
 # %% ../nbs/03_data.ipynb #29b7fe02
 from .core import *
@@ -198,23 +198,32 @@ class ReIDNormalize(Normalize):
         m, s = (v.to(x.device) for v in (self.mean, self.std))
         return _retype(((_plain(x) * s + m).clamp(0., 1.) * 255).round().long(), x)
 
+def global_seed() -> int:
+    "A seed drawn from numpy's global generator, which fastai's `set_seed` (and `seed_everything`) fix: `seed=None` runs repeat."
+    return int(np.random.randint(2**31 - 1))
+
 class ReIDAugment(Transform):
     "Per-sample flip (image and mask together) and random erasing after normalisation; one draw per clip."
     order, split_idx = 100, 0
     def __init__(self, flip_p=0.5, erase_p=0.5, area=(0.02, 0.4), aspect=(0.3, 3.3), value=0., seed=None):
-        store_attr(); self.rng = np.random.default_rng(seed)
+        store_attr(); self.rng = None if seed is None else np.random.default_rng(seed)
+
+    def _rng(self):
+        "The generator: from `seed`, else drawn from numpy's global state at first use (so fastai's `set_seed` repeats runs)."
+        if self.rng is None: self.rng = np.random.default_rng(global_seed())
+        return self.rng
 
     def erase_boxes(self, erase, H, W, tries=100):
         "Row and column masks `[B, H]`, `[B, W]` (bool) of one erasing box per sample where `erase` (else all False)."
         n = len(erase)
-        a = self.rng.uniform(*self.area, (n, tries)) * H * W
-        r = self.rng.uniform(*self.aspect, (n, tries))
+        a = self._rng().uniform(*self.area, (n, tries)) * H * W
+        r = self._rng().uniform(*self.aspect, (n, tries))
         h, w = np.rint(np.sqrt(a * r)).astype(int), np.rint(np.sqrt(a / r)).astype(int)
         fits = (h > 0) & (h < H) & (w > 0) & (w < W)
         pick = fits.argmax(1)
         keep = erase & fits.any(1)
         h, w = np.where(keep, h[np.arange(n), pick], 0), np.where(keep, w[np.arange(n), pick], 0)
-        y0, x0 = self.rng.integers(0, H - h + 1), self.rng.integers(0, W - w + 1)
+        y0, x0 = self._rng().integers(0, H - h + 1), self._rng().integers(0, W - w + 1)
         rows = (np.arange(H) >= y0[:, None]) & (np.arange(H) < (y0 + h)[:, None])
         cols = (np.arange(W) >= x0[:, None]) & (np.arange(W) < (x0 + w)[:, None])
         return rows, cols
@@ -224,13 +233,13 @@ class ReIDAugment(Transform):
         typed = list(b) if isinstance(b, (tuple, list)) else [b]
         b = [_plain(t) for t in typed]                 # plain tensors: no fastai dispatch cost per op
         x = b[0]; bs, (H, W) = x.shape[0], x.shape[-2:]
-        flip = self.rng.random(bs) < self.flip_p
+        flip = self._rng().random(bs) < self.flip_p
         if flip.any():
             fm = torch.from_numpy(flip).to(x.device, non_blocking=True)      # no host wait for the GPU
             for i, t in enumerate(typed):
                 if isinstance(t, (TensorImage, TensorMask)) and t.ndim >= 3 and t.shape[0] == bs:
                     b[i] = torch.where(fm.view(bs, *[1]*(t.ndim - 1)), b[i].flip(-1), b[i])
-        erase = self.rng.random(bs) < self.erase_p
+        erase = self._rng().random(bs) < self.erase_p
         if erase.any():
             rows, cols = self.erase_boxes(erase, H, W)
             r, cl = (torch.from_numpy(a).to(x.device, non_blocking=True) for a in (rows, cols))
@@ -526,7 +535,7 @@ class PKDataLoader(_AsyncToDevice, _ShowMixin, TfmdDL):
         super().__init__(dataset, bs=P*K, shuffle=False, drop_last=True, n=nb*P*K, **kwargs)
 
     def get_idxs(self):
-        rng = np.random.default_rng(None if self.seed is None else [self.seed, self._epoch])
+        rng = np.random.default_rng(global_seed() if self.seed is None else [self.seed, self._epoch])   # None: set_seed repeats it
         self._epoch += 1
         idxs = pk_indices(self.groups, self.P, self.K, rng)[:self.n_batches*self.P*self.K]
         if getattr(self.dataset, 'video', False): idxs = [self.dataset.sample_spec(i, rng) for i in idxs]
@@ -667,24 +676,36 @@ def _check_batch_tfms(batch_tfms, video):
                              "of a clip (and their masks) with one random draw")
     return batch_tfms
 
-def _to_uint8_image(o, size):
-    "A test item (path, PIL image, uint8 [H, W, 3] array, [3, H, W] tensor) -> uint8 `TensorImage` [3, H, W] of `size`."
-    if isinstance(o, (str, Path)): return TensorImage(_img2tensor(load_reid_image(o, size)))
-    if isinstance(o, torch.Tensor):
-        if o.ndim != 3 or o.shape[0] != 3:
-            raise ReIDInputError(f"a tensor item must be [3, H, W], got {tuple(o.shape)}")
-        if o.is_floating_point():
-            if o.min() < 0 or o.max() > 1: raise ReIDInputError("a float tensor item must hold values in [0, 1]")
-            o = (o*255).round()
-        o = o.to(torch.uint8).permute(1, 2, 0).numpy()
+def image_values(o) -> torch.Tensor:
+    """An `[H, W, 3]` array or `[3, H, W]` tensor item as a `[3, H, W]` tensor: integers with values 0..255 (as uint8) or
+    floats with values in [0, 1] (as float). Anything else is ambiguous (a float image in 0..255, an already normalised
+    one) and refused. `test_dl`, `learn.predict` and `FeatureExtractor` accept the same items."""
     if isinstance(o, np.ndarray):
-        if o.ndim != 3 or o.shape[-1] != 3 or o.dtype != np.uint8:
-            raise ReIDInputError(f"an array item must be uint8 [H, W, 3], got {o.dtype} {o.shape}")
-        o = Image.fromarray(o)
+        if o.ndim != 3 or o.shape[-1] != 3: raise ReIDInputError(f"arrays must be [H, W, 3] RGB, got {o.shape}")
+        if o.dtype.kind not in 'uif': raise ReIDInputError(f"arrays must hold numbers (uint8 0..255 or float 0..1), got {o.dtype}")
+        o = torch.from_numpy(np.ascontiguousarray(o)).permute(2, 0, 1)
+    elif o.ndim != 3 or o.shape[0] != 3: raise ReIDInputError(f"a tensor item must be [3, H, W], got {tuple(o.shape)}")
+    o = _plain(o)
+    lo, hi = (o.min().item(), o.max().item()) if o.numel() else (0, 0)
+    if o.is_floating_point():
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ReIDInputError(f"float images must have values in [0, 1], got {lo:.3g}..{hi:.3g}: for 0..255 data pass uint8 "
+                                 "(or divide by 255); normalised images are not accepted (the extractor normalises)")
+        return o.float().clamp(0, 1)
+    if lo < 0 or hi > 255: raise ReIDInputError(f"integer images must have values 0..255, got {lo}..{hi} ({o.dtype})")
+    return o.to(torch.uint8)
+
+def _to_uint8_image(o, size):
+    "A test item (path, PIL image, `image_values` array or tensor) -> uint8 `TensorImage` [3, H, W] of `size`."
+    if isinstance(o, (str, Path)): return TensorImage(_img2tensor(load_reid_image(o, size)))
+    if isinstance(o, (np.ndarray, torch.Tensor)):
+        t = image_values(o)
+        if t.is_floating_point(): t = (t*255).round()
+        o = Image.fromarray(t.to(torch.uint8).permute(1, 2, 0).numpy())
     if not isinstance(o, Image.Image):
-        raise ReIDInputError(f"cannot load a test item of type {type(o).__name__}: pass paths, PIL images, uint8 [H, W, 3] "
-                             "arrays or [3, H, W] tensors (tracklets: lists of those)")
-    o = o.convert('RGB')
+        raise ReIDInputError(f"cannot load a test item of type {type(o).__name__}: pass paths, PIL images, [H, W, 3] "
+                             "arrays or [3, H, W] tensors (uint8 0..255 or float 0..1; tracklets: lists of those)")
+    o = _to_rgb(o)
     if o.size != (size[1], size[0]): o = o.resize((size[1], size[0]), Image.BICUBIC)
     return TensorImage(_img2tensor(o))
 

@@ -253,8 +253,34 @@ def prid2011_df(root, split=0):
                        lambda p: int(re.sub(r'\D', '', p)), 'PRID2011')
 
 # %% ../nbs/02_datasets.ipynb #c4c46921
-def folder_df(root, pattern=MARKET_PAT, splits=None, camid_base=1, strict=True):
-    "Parse your own split folders with a regex (named groups `pid`, `camid`) matched on the relative path."
+def _is_int(s) -> bool:
+    try: int(s); return True
+    except (TypeError, ValueError): return False
+
+def _number_named_pids(rows):
+    "Identities given as names (`person106`): numbered 1..N in sorted order, the name kept in `pid_name`."
+    if all(_is_int(r['pid']) for r in rows):
+        for r in rows: r['pid'] = int(r['pid'])
+        return [r for r in rows if r['pid'] != -1]                  # junk
+    num = {n: i + 1 for i, n in enumerate(sorted({r['pid'] for r in rows}))}
+    return [dict(r, pid=num[r['pid']], pid_name=r['pid']) for r in rows]
+
+def _camera_numbers(rows, camid_base, where):
+    "0-based `camid`s from the file's camera numbers: 0-based when some file says camera 0 (`camid_base=None`), else 1-based."
+    if not rows or rows[0]['camid'] is None:
+        for r in rows: r['camid'] = 0
+        return rows
+    lo = min(int(r['camid']) for r in rows)
+    base = camid_base if camid_base is not None else min(lo, 1)
+    if lo < base:
+        raise ReIDInputError(f"{where}: a file names camera {lo}, below camid_base={base}; pass camid_base=0 (cameras "
+                             "numbered from 0) or camid_base=None (read from the files)")
+    for r in rows: r['camid'] = int(r['camid']) - base
+    return rows
+
+def folder_df(root, pattern=MARKET_PAT, splits=None, camid_base=None, strict=True):
+    """Parse your own split folders with a regex (named groups `pid`, `camid`) matched on the relative path. `pid`: a
+    number or a name (numbered 1..N, kept in `pid_name`); camera numbers 0- or 1-based as the files say (`camid_base`)."""
     root = check_dir(root, 'dataset root')
     splits = splits or dict(train='train', query='query', gallery='gallery')
     pat = re.compile(pattern)
@@ -265,11 +291,10 @@ def folder_df(root, pattern=MARKET_PAT, splits=None, camid_base=1, strict=True):
         for p in _images(d, recursive=True):
             m = pat.search(p.relative_to(d).as_posix())
             if m is None: bad.append(p); continue
-            pid = int(m['pid'])
-            if pid == -1: continue
-            cam = int(m['camid']) - camid_base if 'camid' in pat.groupindex else 0
-            rows.append(dict(path=str(p.resolve()), pid=pid, camid=cam, split=split))
+            cam = m['camid'] if 'camid' in pat.groupindex else None
+            rows.append(dict(path=str(p.resolve()), pid=m['pid'], camid=cam, split=split))
     _bad_names(bad, f"folder_df('{root}', pattern={pattern!r})", strict)
+    rows = _camera_numbers(_number_named_pids(rows), camid_base, f"folder_df('{root}')")
     df = _finish(rows)
     for s, sub in splits.items(): _check_split(df, s, root/sub)
     return df

@@ -48,6 +48,8 @@ class ReIDLearner(Learner):
         if owner is not None and len(owner) != len(np.unique(owner)) and torch.is_tensor(res[i]) and len(res[i]) == len(owner):
             res[i] = aggregate_tracklets(res[i], torch.as_tensor(owner))[0]       # clips -> one embedding per tracklet
             if with_decoded: res[i+2] = res[i]
+            if with_input and torch.is_tensor(res[0]):                        # inputs: the first clip of each tracklet
+                res[0] = res[0][torch.as_tensor(np.unique(owner, return_index=True)[1])]
         return tuple(res)
 
     def embed(self, items, bs=None) -> torch.Tensor:

@@ -74,7 +74,7 @@ def timm_stages(arch:str, pretrained:bool=False, pretrained_file=None, **kwargs)
         if not pretrained or pretrained_file is not None: raise
         raise ReIDInputError(f"could not fetch the pretrained weights of '{arch}' ({type(e).__name__}: "
                              f"{str(e).splitlines()[0][:200]}); pass pretrained_file=<local .pth/.safetensors> "
-                             "or pretrained=False") from e
+                             "or pretrained=False (command line: --no-pretrained) to train from scratch") from e
     except (RuntimeError, AssertionError, NotImplementedError, ValueError, TypeError, KeyError) as e:
         if pretrained_file is not None and isinstance(e, RuntimeError):
             raise ReIDInputError(f"pretrained_file '{pretrained_file}' does not hold weights of a timm '{arch}' "

@@ -21,7 +21,7 @@ from test_reliability import SIZE, world, market, _kw   # the tiny world (64x32)
 
 
 def _args(market, *extra):
-    return ['train', '--dataset', 'market1501', '--root', str(market), '--arch', 'resnet18', '--epochs', '1',
+    return ['train', '--dataset', 'market1501', '--root', str(market), '--arch', 'resnet18', '--no-pretrained', '--epochs', '1',
             '--size', '64,32', '--pk', '4x4', '--workers', '0', '--seed', '0', *extra]
 
 
