@@ -6,8 +6,8 @@
 Embeddings are seeded random clustered vectors (a model's embedding throughput is measured by bench_models), so the
 "build" figure is the gallery's own cost: writing memory-mapped shards chunk by chunk with atomic progress records
 (through `ReIDGallery._fill` with a stand-in extractor). Each size runs in a fresh subprocess (its own peak RSS).
-Search: `n_queries` queries, k = 10, exact (`topk_search` over the memory maps) and FAISS IVF (nlist = 4·√N,
-nprobe 16) / HNSW (M = 32); recall@10 = share of the exact top-10 that FAISS returns.
+Search: `n_queries` queries, k = 10, exact (`topk_search` over the memory maps) and FAISS IVF (nlist = 4·√N or
+`--nlist`, nprobe 16) / HNSW (M = 32, efSearch 64); recall@10 = share of the exact top-10 that FAISS returns.
 """
 import argparse, json, os, platform, resource, shutil, subprocess, sys, tempfile, time
 from datetime import datetime, timezone
@@ -39,7 +39,7 @@ class _Stand:
         return torch.from_numpy(self.X[items[0]:items[-1] + 1])
 
 
-def case(n, d, n_queries, kinds):
+def case(n, d, n_queries, kinds, nlist=None):
     import pandas as pd, torch
     from iaunet_fastai.gallery import ReIDGallery, topk_search, GALLERY_FORMAT
     X = clustered(n, d, 0); Q = clustered(n_queries, d, 1)
@@ -57,7 +57,7 @@ def case(n, d, n_queries, kinds):
         res['exact_q_per_s'] = n_queries / res['exact_s']
         t = time.perf_counter(); gal.search(Q, k=10, where='camid != 0'); res['exact_where_s'] = time.perf_counter() - t
         for kind in kinds:
-            t = time.perf_counter(); gal.build_faiss(kind, n_eval=200, verbose=False); tb = time.perf_counter() - t
+            t = time.perf_counter(); gal.build_faiss(kind, nlist=nlist, n_eval=200, verbose=False); tb = time.perf_counter() - t
             t = time.perf_counter(); fd, fi = gal._faiss_search(Q, 10); ts = time.perf_counter() - t
             rec = float(np.mean([len(set(a) & set(e)) / 10 for a, e in zip(fi.tolist(), ei.numpy().tolist())]))
             res[kind] = dict(build_s=tb, search_s=ts, q_per_s=n_queries / ts, recall_at_10=rec)
@@ -73,13 +73,15 @@ def main():
     ap.add_argument('--dim', type=int, default=256)
     ap.add_argument('--queries', type=int, default=1000)
     ap.add_argument('--faiss', nargs='*', default=['ivf', 'hnsw'])
+    ap.add_argument('--nlist', type=int, help='IVF lists (default: build_faiss\'s 4·√N)')
     ap.add_argument('--case', nargs=3, type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.case: print(json.dumps(case(*a.case, a.faiss))); return
+    if a.case: print(json.dumps(case(*a.case, a.faiss, a.nlist))); return
     import torch
     rows, load0 = [], os.getloadavg()[0]
     for n in a.sizes:
-        p = subprocess.run([sys.executable, __file__, '--case', str(n), str(a.dim), str(a.queries), '--faiss', *a.faiss],
+        p = subprocess.run([sys.executable, __file__, '--case', str(n), str(a.dim), str(a.queries), '--faiss', *a.faiss]
+                           + (['--nlist', str(a.nlist)] if a.nlist else []),
                            capture_output=True, text=True, cwd=ROOT)
         if p.returncode: raise RuntimeError(p.stderr[-3000:])
         rows.append(json.loads(p.stdout.strip().splitlines()[-1])); print(rows[-1], flush=True)

@@ -25,7 +25,7 @@ if [ -n "$CPU" ] && [ "$NPROC" -gt 1 ]; then LAUNCH=("$PY" -m torch.distributed.
 elif [ "$NPROC" -gt 1 ]; then LAUNCH=("$ACC" launch --multi_gpu --num_processes "$NPROC" --num_machines 1 --mixed_precision no --dynamo_backend no)
 else LAUNCH=("$ACC" launch $CPU --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no); fi
 echo "${LAUNCH[*]} -m iaunet_fastai.cli train ..."
-"${LAUNCH[@]}" -m iaunet_fastai.cli train --dataset market1501 --root "$TMP/synth/Market-1501" --arch resnet18 \
+"${LAUNCH[@]}" -m iaunet_fastai.cli train --dataset market1501 --root "$TMP/synth/Market-1501" --arch resnet18 --no-pretrained \
     --epochs 1 --size 64,32 --pk 2x4 --workers 0 --out "$TMP/run"
 end=$(date +%s)
 test -s "$TMP/run/metrics.json" && test -s "$TMP/run/model.pth"

@@ -1,4 +1,7 @@
-"Everything a user needs: `from iaunet_fastai.all import *` (hand-kept; not exported from a notebook)."
+"""Everything a user needs: `from iaunet_fastai.all import *` (hand-kept; not exported from a notebook).
+Like `from fastai.vision.all import *` (which it includes first: Learner, callbacks, DataBlock, Path, np, torch ...),
+then every iaunet_fastai module, whose names win where both define one."""
+from fastai.vision.all import *
 from .core import *
 from .synthetic import *
 from .datasets import *
@@ -7,6 +10,7 @@ from .part_masks import *
 from .schp import *
 from .layers import *
 from .models import *
+from .classifier import *
 from .losses import *
 from .metrics import *
 from .verification import *   # open-set verification: verification_report, fit_verifier, learn.verify
@@ -14,6 +18,8 @@ from .callbacks import *
 from .learner import *
 from .inference import *
 from .interpret import *
+from .native import *
+from .run_guards import *
 from .commands import *
 from .gallery import *
 from .targets import *        # cross-domain CLI runs (--sources/--targets), eval --verify

@@ -25,7 +25,7 @@ def _usage():
     lines = ['usage: iaunet <subcommand> [options]', '',
              'IAUnet person re-identification for fastai.', '', 'subcommands:']
     lines += [f'  {k:<9}{d}' for k,(_,d) in SUBCOMMANDS.items()]
-    lines += ['', "Run 'iaunet <subcommand> --help' for the options of one subcommand."]
+    lines += ['', "Run 'iaunet <subcommand> --help' for the options of one subcommand; 'iaunet --version' prints the version."]
     return '\n'.join(lines)
 
 def _load(target):
@@ -37,6 +37,9 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ('-h', '--help', 'help'):
         print(_usage()); return 0
+    if argv[0] in ('-V', '--version'):
+        from iaunet_fastai import __version__
+        print(f'iaunet {__version__}'); return 0
     sub, rest = argv[0], argv[1:]
     if sub not in SUBCOMMANDS:
         print(f"iaunet: unknown subcommand '{sub}'\n\n{_usage()}", file=sys.stderr); return 2
@@ -46,16 +49,36 @@ def main(argv=None):
     res = run_subcommand(fn, rest, prog=f'iaunet {sub}')
     return res if isinstance(res, int) else 0
 
+def _positive_flags(p):
+    "For each `--no-x` flag (a bool option whose default is True) accept `--x` too (a no-op that states the default)."
+    import argparse
+    for a in list(p._actions):
+        for o in a.option_strings:
+            if o.startswith('--no-') and isinstance(a, argparse._StoreFalseAction):
+                p.add_argument('--' + o[5:], dest=a.dest, action='store_true', help=argparse.SUPPRESS)
+
 def run_subcommand(fn, argv, prog=None):
     "Parse `argv` with `fn`'s docments (fastcore `anno_parser`) and call it; input errors exit with code 1."
     f = getattr(fn, '__wrapped__', fn)
     p = anno_parser(f)
+    _positive_flags(p)
     if prog: p.prog = prog
     args = p.parse_args(argv).__dict__
     args.pop('pdb', None); args.pop('xtra', None)
     try: return f(**args)
     except ReIDInputError as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr); return 1
+    except BrokenPipeError:     # the reader of stdout went away (`| head`): nothing more to say to it
+        _silence_stdout(); return 1
+    except OSError as e:        # a full disk, a missing permission, ... : one line naming the file
+        print(f"{p.prog}: error: {os_error_line(e)}", file=sys.stderr); return 1
+
+
+def _silence_stdout():
+    "Point stdout at /dev/null so that the interpreter's final flush does not fail again."
+    import os
+    try: os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError): pass
 
 # %% ../nbs/11_cli.ipynb #80e10a0d
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # `python -m iaunet_fastai.cli ...`

@@ -23,6 +23,7 @@ from fastai.callback.progress import CSVLogger
 from .callbacks import RetrievalEvaluator
 from .learner import iaunet_learner, ConsoleTable
 from .inference import save_reid_model, load_reid_model, FeatureExtractor
+from .run_guards import *
 
 # %% ../nbs/10c_commands.ipynb #76e52afe
 DATASETS = dict(market1501='market1501_df', dukemtmc='dukemtmc_df', cuhk03='cuhk03_df', msmt17='msmt17_df',
@@ -65,7 +66,7 @@ def dataset_df(dataset=None, root=None, video=False, seed=0, preset='small', ver
         if root.is_dir() and any(root.iterdir()) and not (root/_MANIFEST).is_file():
             raise ReIDInputError(f"--dataset synthetic writes the synthetic world into --root, but '{root}' is a non-empty "
                                  "folder without one (your dataset? then name it with --dataset); choose a new or empty folder")
-        path = make_synthetic_reid(root, preset=preset, seed=seed)
+        path = make_synthetic_reid(root, preset=preset, seed=seed, datasets=('mars',) if video else ('market1501',))   # only the layout used
         return D.mars_df(path/'MARS') if video else D.market1501_df(path/'Market-1501')
     if root is None:
         raise ReIDInputError("--root is needed: the dataset folder (or --dataset synthetic for the built-in synthetic world)")
@@ -117,15 +118,9 @@ def check_out_file(out, overwrite=False, what='--out') -> Path:
 
 def check_query_gallery(df, gallery='non_query'):
     "`ReIDInputError` when no query has a match (same pid, another camera) in the gallery; prints how many have none."
-    q, g = df[df.split == 'query'], df[df.split == 'gallery']
-    if gallery == 'all': g = pd.concat([g, q])
-    if not len(q) or not len(g): raise ReIDInputError(f"empty {'query' if not len(q) else 'gallery'} split: nothing to evaluate")
-    g = g[g.pid != -1]
-    cams = g.groupby('pid').camid.apply(set).to_dict()
-    ok = sum(bool(cams.get(p, set()) - {c}) for p, c in zip(q.pid, q.camid))
-    if ok == 0:
-        raise ReIDInputError(f"none of the {len(q)} queries has a match in the gallery (same identity, another camera): "
-                             "the evaluation would fail; check the query and gallery folders")
+    from iaunet_fastai.native import check_evaluable
+    q = df[df.split == 'query']
+    ok = check_evaluable(q, df[df.split == 'gallery'], gallery)
     if ok < len(q): print(f"note: {len(q) - ok} of {len(q)} queries have no match in the gallery; the evaluation skips them")
     return ok
 
@@ -146,9 +141,11 @@ def load_model_file(path):
                              "`iaunet train` wrote")
     if p.suffix == '.pkl':   # fastai `learn.export`: a pickle (runs code when loaded: only files you trust)
         from fastai.learner import load_learner
-        try: return load_learner(p, cpu=True)
+        try: learn = load_learner(p, cpu=True)
         except Exception as e:
             raise ReIDInputError(f"'{p}' does not load as a fastai export (learn.export): {type(e).__name__}: {e}") from None
+        check_finite_state(learn.model.state_dict(), f"'{p}'")
+        return learn
     sd = load_weights(p)
     if isinstance(sd, dict) and 'reid_config' in sd and 'model' in sd: return load_reid_model(p)
     if isinstance(sd, dict) and 'epoch' in sd and 'opt' in sd:
@@ -193,11 +190,12 @@ def save_checkpoint(learn, fname, epoch, partial=None):
     when a signal stops a run inside an epoch) records how far the next epoch got: its number, the batches done, the
     sampler epoch to redraw and the epoch's loss-term sums."""
     opt = _plain(learn.opt.state_dict())   # weights-only loadable: no numpy scalars, no fastcore `L`
+    check_finite_state(learn.model.state_dict(), f"not written: '{fname}'")
     ck = dict(epoch=int(epoch), model=learn.model.state_dict(), opt=opt, rng=_rng_state(),
               sampler_epoch=getattr(learn.dls.train, '_epoch', None),
-              augment=[a.rng.bit_generator.state for a in _augments(learn)], smooth_loss=_smooth_state(learn),
+              augment=[a._rng().bit_generator.state for a in _augments(learn)], smooth_loss=_smooth_state(learn),
               partial=partial)
-    with atomic_path(fname) as tmp: torch.save(ck, tmp)
+    save_atomic(ck, fname)
     return fname
 
 def resume_checkpoint(learn, fname) -> int:
@@ -218,7 +216,7 @@ def resume_checkpoint(learn, fname) -> int:
                 if isinstance(v, torch.Tensor): s[k] = v.to(p.device)
     _set_rng_state(ck['rng'])
     if ck.get('sampler_epoch') is not None: learn.dls.train._epoch = ck['sampler_epoch']
-    for a, s in zip(_augments(learn), ck.get('augment', [])): a.rng.bit_generator.state = s
+    for a, s in zip(_augments(learn), ck.get('augment', [])): a._rng().bit_generator.state = s
     learn._resume_smooth_loss = ck.get('smooth_loss')   # the Recorder resets it in before_fit: `TrainCheckpoint` puts it back
     p = learn._resume_partial = ck.get('partial')
     if not p: return ck['epoch'] + 1
@@ -311,11 +309,14 @@ class RunCSVLogger(CSVLogger):
         super()._write_line(log)
     def after_fit(self):
         if self.file is None: return
-        self.file.close(); self.file = None
+        self.close()
         if self.learn.logger == self._write_line: self.learn.logger = self.old_logger
+    def close(self):
+        "Close the history file (`after_fit` does; call it where a fit failed before that event)."
+        if self.file is not None: self.file.close(); self.file = None
 
 # %% ../nbs/10c_commands.ipynb #b76b2b57
-_NOT_FROM_CONFIG = ('config', 'resume', 'overwrite')
+_NOT_FROM_CONFIG = ('config', 'resume', 'overwrite', 'allow_changes')
 
 def _read_config(path):
     path = Path(path).expanduser()
@@ -325,6 +326,28 @@ def _read_config(path):
     if not isinstance(cfg, dict) or not isinstance(cfg.get('options'), dict):
         raise ReIDInputError(f"'{path}' is not a config.json written by `iaunet train` (no 'options')")
     return cfg['options']
+
+def _config_options(path):
+    "The options of a config.json, each type-checked against `train_cli`'s (a value of the wrong type names its key and the file)."
+    return check_option_types(train_cli, _read_config(path), f"config file '{Path(path).expanduser()}'")
+
+def _typed_options(args):
+    "The options of `train_cli` typed on the command line (not at their defaults), paths as config.json stores them."
+    defaults = {k: p.default for k, p in inspect.signature(train_cli).parameters.items()}
+    typed = {k: v for k, v in args.items() if k not in _NOT_FROM_CONFIG and v != defaults[k]}
+    for k in ('root', 'masks'):
+        if typed.get(k): typed[k] = str(Path(typed[k]).expanduser().resolve())
+    return typed
+
+def _resume_args(args, cfg_path, allow_changes):
+    "`(options, changes)` of a resumed run: its config.json's; typed options that differ are refused (listed) unless `allow_changes`."
+    saved = _config_options(cfg_path)
+    changes = resume_differences(saved, _typed_options(args))
+    if changes and not allow_changes:
+        raise ReIDInputError(f"--resume: options differ from the run's config.json ({describe_differences(changes)}): leave "
+                             "them out to continue the run as it started, or pass --allow-changes to continue with them "
+                             "(recorded in config.json)")
+    return _merge_config(train_cli, args, saved), changes
 
 def _merge_config(fn, args, cfg):
     "`args` with the values of `cfg` wherever `args` still holds `fn`'s default (options typed on the command line win)."
@@ -356,7 +379,7 @@ def train_cli(dataset:str=None,        # dataset name: market1501, dukemtmc, cuh
               targets:Annotated[str, {'nargs': '+'}]=None, # cross-domain: name=root pairs of test datasets, each scored on its own (columns <name>_rank1, _mAP, _mINP)
               video:bool=False,        # synthetic only: train the video model on the MARS layout
               arch:str='resnet50.tv_in1k', # timm backbone tag; default: torchvision's ResNet-50 ImageNet weights, what the authors' recipe starts from (timm's plain 'resnet50' is resnet50.a1_in1k, another recipe)
-              pretrained:bool=False,   # load timm's pretrained weights for --arch (needs them downloadable or cached)
+              pretrained:bool=True,    # --no-pretrained: train from scratch; by default --arch starts from its ImageNet weights (the paper's recipe, as in iaunet_learner; downloaded or cached)
               baseline:bool=False,     # plain backbone + neck, no IAU blocks (ablation)
               epochs:int=60,           # training epochs
               schedule:str='one_cycle',# one_cycle; paper (the authors' recipe: torch Adam, L2 5e-4, lr x0.1 at 1/3 and 2/3); fine_tune
@@ -376,29 +399,35 @@ def train_cli(dataset:str=None,        # dataset name: market1501, dukemtmc, cuh
               out:str='runs/iaunet',   # run folder: config.json, checkpoint.pth, history.csv, model.pth, metrics.json, cmc.png
               overwrite:bool=False,    # replace the results of an earlier run in --out
               resume:bool=False,       # continue the interrupted run in --out from its last checkpoint (its config.json)
+              allow_changes:bool=False,# with --resume: take options typed here that differ from the run's config.json, and images that changed (recorded in config.json)
               config:str=None):        # rerun the options of a config.json (options typed here win)
     """Train IAUnet (or VideoIAUnet) and evaluate it; writes the config, per-epoch checkpoints and metrics, the model
     file, the final metrics and a CMC plot to `out`. Returns 0, or 130/143 when stopped by SIGINT/SIGTERM."""
-    args = {k: v for k, v in locals().items()}
+    args = check_option_types(train_cli, {k: v for k, v in locals().items()})
     if resume and overwrite: raise ReIDInputError("--resume continues the run in --out; --overwrite replaces it: pick one")
+    if allow_changes and not resume: raise ReIDInputError("--allow-changes goes with --resume (it accepts changed options of a resumed run)")
+    changes = {}
     if resume:
         ck = Path(out).expanduser()/'checkpoint.pth'
         if not ck.is_file(): raise ReIDInputError(f"--resume: no checkpoint in '{Path(out)}' (expected '{ck}')")
-        args = _merge_config(train_cli, args, _read_config(Path(out).expanduser()/'config.json'))
-    elif config: args = _merge_config(train_cli, args, _read_config(config))
-    return _train(**args)
+        args, changes = _resume_args(args, Path(out).expanduser()/'config.json', allow_changes)
+    elif config: args = _merge_config(train_cli, args, _config_options(config))
+    with contextlib.ExitStack() as stack:    # holds the lock on --out and the run log while the run writes
+        return _train(**args, changes=changes, stack=stack)
 
 def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, lr, size, pk, seq_len, masks, every,
            mars_protocol, precision, workers, seed, no_check, out, overwrite, resume, config, channels_last=False, compile='none',
-           sources=None, targets=None):
-    from iaunet_fastai.data import reid_dls, check_images
+           sources=None, targets=None, allow_changes=False, changes=None, stack=None):
+    from iaunet_fastai.data import reid_dls, check_images, report_identical_files
+    check_train_ranges(epochs, lr, size, pk, seq_len, every, workers, seed)
+    if baseline and masks:
+        raise ReIDInputError("--masks trains the IAU blocks' part-mask loss; --baseline has no IAU blocks: drop one of them")
     if schedule not in ('one_cycle', 'paper', 'fine_tune'):
         raise ReIDInputError(f"--schedule must be one_cycle, paper or fine_tune, got {schedule!r}")
     if resume and schedule == 'fine_tune': raise ReIDInputError("--resume works with --schedule one_cycle or paper, not fine_tune")
     if precision not in ('fp32', 'fp16', 'bf16'): raise ReIDInputError(f"--precision must be fp32, fp16 or bf16, got {precision!r}")
     if compile not in _COMPILE: raise ReIDInputError(f"--compile must be one of {', '.join(_COMPILE)}, got {compile!r}")
     if compile == 'iau' and baseline: raise ReIDInputError("--compile iau compiles the IAU blocks; --baseline has none (use --compile model)")
-    if epochs < 1: raise ReIDInputError(f"--epochs must be >= 1, got {epochs}")
     P, K = _size(pk, '--pk'); hw = _size(size)
     mars_gallery(dataset, video, mars_protocol)                       # validates --mars-protocol up front
     out = check_out_dir(out, overwrite=overwrite, resume=resume)
@@ -412,30 +441,36 @@ def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, l
     seed_everything(seed)
     if torch.cuda.is_available(): torch.backends.cudnn.benchmark = True   # P×K batches have one size: cuDNN times its kernels once
     if galleries is None: df = dataset_df(dataset, root, video)
-    opts = dict(sources=sources, targets=targets, dataset=dataset, root=str(Path(root).expanduser().resolve()) if root else None, video=video, arch=arch,
+    is_video = 'paths' in df.columns
+    _check_video_options(dataset, video, seq_len, is_video)
+    workers = resolve_workers(workers)
+    check_query_gallery(df, gallery)
+    if not no_check: check_images(list(df['paths'] if is_video else df['path']))
+    report_identical_files(df)
+    data = data_identity(df, Path(root).expanduser().resolve() if root else None)
+    files_changed = resume and check_same_data(_read_json(out/'config.json').get('data'), data, root or dataset, allow_changes)
+    dls = reid_dls(df, size=hw, P=P, K=K, seq_len=seq_len if is_video else None, masks=masks, num_workers=workers, seed=seed)
+    opts = dict(sources=sources, targets=targets, dataset=dataset, root=str(Path(root).expanduser().resolve()) if root else None, video=is_video, arch=arch,
                 pretrained=pretrained, baseline=baseline, epochs=epochs, schedule=schedule, lr=lr, size=size, pk=pk,
                 seq_len=seq_len, masks=str(Path(masks).resolve()) if masks else None, every=every, mars_protocol=mars_protocol,
                 precision=precision, channels_last=channels_last, compile=compile, workers=workers, seed=seed,
                 no_check=no_check, out=str(out))
-    out.mkdir(parents=True, exist_ok=True)
+    _open_run(out, stack, overwrite, resume)    # everything checked: from here on the run writes into --out
     if not resume: (out/'history.csv').unlink(missing_ok=True)   # --overwrite: a fresh history (appended to by every fit)
-    if not resume:
-        with atomic_path(out/'config.json') as tmp:
-            tmp.write_text(json.dumps(dict(command='iaunet train', options=opts, created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())), indent=1))
-    is_video = 'paths' in df.columns
-    check_query_gallery(df, gallery)
-    if not no_check: check_images(list(df['paths'] if is_video else df['path']))
-    dls = reid_dls(df, size=hw, P=P, K=K, seq_len=seq_len if is_video else None, masks=masks, num_workers=workers, seed=seed)
+    _write_config(out, opts, data, resume, changes, files_changed)
     learn = iaunet_learner(dls, arch, pretrained=pretrained, iau_stages=() if baseline else (2, 3), every=every,
                            gallery=gallery, compile=_COMPILE[compile], **_evaluator(dls, galleries, every))
     if channels_last: learn = learn.to_channelslast(use_amp=False)
     if precision != 'fp32': learn = learn.to_bf16() if precision == 'bf16' else learn.to_fp16()
     start = resume_checkpoint(learn, out/'checkpoint.pth') if resume else 0
+    if resume: trim_history(out/'history.csv', start)   # rows of epochs this resume redoes (killed before their checkpoint)
     done = (getattr(learn, '_resume_partial', None) or {}).get('batches', 0)
     if start >= epochs: print(f"the run in '{out}' finished all {epochs} epochs; writing its results")
     elif start or done: print(f"resuming '{out}' at epoch {start} of {epochs}" + (f", after its batch {done}" if done else ''))
-    stop = StopOnSignal()
-    cbs = [TrainCheckpoint(out/'checkpoint.pth', start), RunCSVLogger(out/'history.csv', append=True, start_epoch=start), stop]
+    stop, guard = StopOnSignal(), NonFiniteGuard()
+    log = RunCSVLogger(out/'history.csv', append=True, start_epoch=start)
+    stack.callback(log.close)         # also when the fit fails (a full disk): no open file holds the space
+    cbs = [guard, TrainCheckpoint(out/'checkpoint.pth', start), log, stop]
     try:
         import tensorboard  # optional extra
         from fastai.callback.tensorboard import TensorBoardCallback
@@ -451,6 +486,7 @@ def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, l
         err = _worker_error(e)
         if err is None: raise
         raise err from None
+    if guard.message is not None: raise ReIDInputError(guard.message + _kept(out))
     if stop.signal is not None:
         print(f"stopped by {signal.Signals(stop.signal).name}: the run's state after its last finished batch is in "
               f"'{out/'checkpoint.pth'}'; `iaunet train --resume --out {out}` continues the run", file=sys.stderr)
@@ -458,6 +494,50 @@ def _train(dataset, root, video, arch, pretrained, baseline, epochs, schedule, l
     return _finish(learn, out, protocol)
 
 _COMPILE = {'none': False, 'iau': 'iau', 'model': True}     # --compile -> iaunet_learner(compile=...)
+
+def _check_video_options(dataset, video, seq_len, is_video):
+    "Refuse --video / --seq-len where they would be ignored: the dataset decides between the image and the video model."
+    if video and not is_video:
+        raise ReIDInputError(f"--video picks the MARS layout of --dataset synthetic; {dataset} is an image dataset (a video "
+                             "dataset trains the video model by itself): leave --video out")
+    default = inspect.signature(train_cli).parameters['seq_len'].default
+    if seq_len != default and not is_video:
+        raise ReIDInputError(f"--seq-len sets the frames per clip of a video dataset; {dataset} is an image dataset: leave --seq-len out")
+
+def _read_json(p):
+    try: return json.loads(Path(p).read_text())
+    except (OSError, ValueError): return {}
+
+def _open_run(out, stack, overwrite, resume):
+    """Take the lock on `out` for this run (another run into it fails at once), check it again under the lock (a run
+    that finished meanwhile), remove temp files that killed writes left, and copy the console into `out/train.log`.
+    Under `accelerate launch` the first process does this for all."""
+    from fastai.torch_core import rank_distrib
+    if rank_distrib(): return
+    stack.enter_context(folder_lock(out, 'iaunet train'))
+    check_out_dir(out, overwrite=overwrite, resume=resume)
+    remove_stale_temps(out, RUN_FILES)
+    stack.enter_context(RunLog(out/'train.log', append=resume))
+
+def _write_config(out, opts, data, resume, changes, files_changed):
+    "Write `out/config.json` for a new run; on a resume record the changes `--allow-changes` let through (options and data)."
+    from fastai.torch_core import rank_distrib
+    if rank_distrib(): return     # the first process writes it
+    now = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+    if not resume: cfg = dict(command='iaunet train', options=opts, data=data, created=now)
+    elif changes or files_changed:
+        cfg = _read_json(out/'config.json')
+        cfg['options'].update({k: opts.get(k, new) for k, (old, new) in changes.items()})
+        cfg.setdefault('changes', []).append(dict(at=now, options=changes, **({'data': [cfg.get('data'), data]} if files_changed else {})))
+        if files_changed: cfg['data'] = data
+    else: return
+    with atomic_path(out/'config.json') as tmp: tmp.write_text(json.dumps(cfg, indent=1))
+
+def _kept(out):
+    ck = out/'checkpoint.pth'
+    if not ck.is_file(): return "; nothing was saved"
+    return (f"; the last good checkpoint '{ck}' is kept (`iaunet train --resume --out {out} --lr <lower> --allow-changes` "
+            "continues from it)")
 
 def _evaluator(dls, galleries, every):
     "`iaunet_learner` keywords: the progress table, and for cross-domain runs a `TargetEvaluator` (columns per target)."
@@ -520,6 +600,8 @@ def eval_cli(model:str,                 # model file from `iaunet train` (model.
              targets:Annotated[str, {'nargs': '+'}]=None): # cross-domain: name=root pairs of datasets, each evaluated on its own (replaces --dataset/--root)
     "Evaluate a saved model on the query/gallery of a dataset (or of each of --targets): rank-1/5/10/20, mAP, mINP (and the protocol used)."
     from iaunet_fastai.targets import evaluate_frame, eval_targets, parse_targets
+    from iaunet_fastai.data import report_identical_files
+    if rerank and (k1 < 1 or k2 < 1): raise ReIDInputError(f"--k1 and --k2 must be >= 1, got --k1 {k1} --k2 {k2}")
     mars_gallery(dataset, video, mars_protocol)
     if targets and (dataset or root): raise ReIDInputError("--targets replaces --dataset/--root: pass one or the other")
     if targets: parse_targets(targets)
@@ -530,7 +612,9 @@ def eval_cli(model:str,                 # model file from `iaunet train` (model.
     if targets: return eval_targets(fx, targets, video, mars_protocol, **kw)
     dataset = _resolve_dataset(dataset, root)
     gallery, protocol = mars_gallery(dataset, video, mars_protocol)
-    res = evaluate_frame(fx, dataset_df(dataset, root, video), gallery, protocol, **kw)
+    df = dataset_df(dataset, root, video)
+    report_identical_files(df)
+    res = evaluate_frame(fx, df, gallery, protocol, **kw)
     if out: _write_results(res, out, protocol)
     return 0
 
@@ -543,6 +627,28 @@ def _read_list(src):
     if any(';' in l for l in lines): return [[absp(s.strip()) for s in l.split(';') if s.strip()] for l in lines]
     return [absp(l) for l in lines]
 
+def _folder_images(src) -> list:
+    """The image files under `src` (recursive), sorted; hidden entries (`._*` of macOS, `.thumbs/`), folders named like
+    images and dangling symlinks are skipped and counted, as `iaunet masks` skips them."""
+    found, skipped = [], []
+    for p in src.rglob('*'):
+        if not is_image_file(p): continue
+        hidden = any(s.startswith('.') for s in p.relative_to(src).parts)
+        (skipped if hidden or not p.is_file() else found).append(p)
+    if skipped:
+        print(f"note: skipped {len(skipped)} hidden, dangling or non-file entries named like images under '{src}' (e.g. "
+              + ', '.join(f"'{p.relative_to(src)}'" for p in skipped[:3]) + ')')
+    return sorted(map(str, found))
+
+def _check_space(out, n, dim, name_len):
+    "`ReIDInputError` before the work when the disk of `out` cannot hold `n` embeddings of `dim` floats and their names."
+    import shutil
+    need = n * (4 * dim + 4 * name_len) + 4096
+    free = shutil.disk_usage(Path(out).absolute().parent).free
+    if free < need:
+        raise ReIDInputError(f"no space left on the disk of '{Path(out).absolute().parent}' for '{out}': it needs about "
+                             f"{need / 2**10:.0f} KiB, {free / 2**10:.0f} KiB are free; free some space or choose another --out")
+
 def extract_cli(model:str,              # model file from `iaunet train` (model.pth) or a fastai export (.pkl, trusted files only)
                 images:str,             # a folder of images (searched recursively); a list file (one image per line, or one tracklet per line: frame paths joined by ';'); or with --dataset a dataset root
                 dataset:str=None,       # embed every item (tracklets for video datasets) of this dataset at `images` (the root); adds pids, camids, splits
@@ -553,18 +659,21 @@ def extract_cli(model:str,              # model file from `iaunet train` (model.
     """Extract L2-normalised embeddings of images or tracklets into an .npz: `names` (a tracklet's frames joined by ';'),
     `features` [N, D], and with --dataset also `pids`, `camids`, `splits`."""
     from iaunet_fastai.data import check_images
+    check_option_types(extract_cli, dict(bs=bs))
+    if bs < 1: raise ReIDInputError(f"--bs must be >= 1 (images per batch), got {bs}")
     src, extra = Path(images).expanduser(), {}
     out = check_out_file(out, overwrite)
     if dataset is not None:
         df = dataset_df(dataset, src)
         items = list(df['paths'] if 'paths' in df.columns else df['path'])
         extra = dict(pids=df.pid.to_numpy(), camids=df.camid.to_numpy(), splits=df.split.to_numpy().astype(str))
-    elif src.is_dir(): items = sorted(str(p) for p in src.rglob('*') if is_image_file(p))
+    elif src.is_dir(): items = _folder_images(src)
     elif src.is_file(): items = _read_list(src)
     else: raise ReIDInputError(f"--images: '{src}' is neither a folder nor a list file")
     if not items: raise ReIDInputError(f"--images: no images found in '{src}'")
     check_images(items, progress=False)
     fx = FeatureExtractor(load_model_file(model), bs=bs, flip_tta=flip)
+    _check_space(out, len(items), fx(items[:1]).shape[1], len(max(map(str, items), key=len)))
     feats = fx(items).numpy()
     names = np.array([';'.join(i) if isinstance(i, (list, tuple)) else i for i in items])
     with atomic_path(out) as tmp:

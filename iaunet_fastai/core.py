@@ -4,7 +4,9 @@
 
 # %% auto #0
 __all__ = ['IMG_EXTS', 'LOG_EVERY', 'ReIDInputError', 'is_image_file', 'check_dir', 'best_device', 'seed_everything',
-           'atomic_path', 'load_weights', 'to_numpy', 'check_finite', 'live_output', 'progress_bar']
+           'current_umask', 'write_error', 'atomic_path', 'save_atomic', 'remove_stale_temps', 'folder_lock', 'upright',
+           'exif_orientation', 'upright_size', 'os_error_line', 'load_weights', 'to_numpy', 'check_finite',
+           'non_finite_entries', 'check_finite_state', 'live_output', 'progress_bar']
 
 # %% ../nbs/00_core.ipynb #98260586
 import warnings
@@ -53,6 +55,41 @@ def seed_everything(seed:int=42, deterministic:bool=False):
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     return seed
 
+# %% ../nbs/00_core.ipynb #de3aabde
+import errno, resource, shutil
+
+def current_umask() -> int:
+    "The process's umask (read from /proc where possible: setting it to read it is not thread-safe)."
+    try: return int(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('Umask:')), 8)
+    except (OSError, StopIteration, ValueError):
+        m = os.umask(0o022); os.umask(m); return m
+
+def _file_limit():
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+def _write_errno(e, folder):
+    "The errno of a failed write: the `OSError`'s own, or (torch's `RuntimeError`) guessed from the limits and the disk."
+    if isinstance(e, OSError): return e.errno
+    if not any(s in str(e) for s in ('unexpected pos', 'file write failed', 'PytorchStreamWriter')): return None
+    if _file_limit() is not None: return errno.EFBIG
+    try: return errno.ENOSPC if shutil.disk_usage(folder).free < 64 * 2**20 else errno.EIO
+    except OSError: return errno.EIO
+
+def write_error(e, path):
+    "A one-line `ReIDInputError` naming `path` for an error `e` raised while writing it (full disk, size limit, permission), else None."
+    path = Path(path); no = _write_errno(e, path.parent)
+    if no is None: return None
+    kept = f" (the previous '{path.name}' is kept)" if path.exists() else ''
+    if no in (errno.ENOSPC, errno.EDQUOT):
+        return ReIDInputError(f"no space left on the disk of '{path.parent}' writing '{path}'{kept}: free some space and run again")
+    if no == errno.EFBIG:
+        return ReIDInputError(f"writing '{path}' went past the file size limit (ulimit -f {_file_limit()} bytes){kept}: "
+                              "raise the limit (ulimit -f unlimited) and run again")
+    if no in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ReIDInputError(f"no permission to write '{path}'{kept}: {os.strerror(no)}")
+    return ReIDInputError(f"could not write '{path}'{kept}: {os.strerror(no) if no else e}")
+
 # %% ../nbs/00_core.ipynb #939af4dd
 @contextlib.contextmanager
 def atomic_path(path, suffix=None):
@@ -61,10 +98,70 @@ def atomic_path(path, suffix=None):
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix=suffix or path.suffix or '.tmp', dir=path.parent)
     os.close(fd); tmp = Path(tmp)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            os.chmod(tmp, 0o666 & ~current_umask())   # mkstemp makes 0600 files: follow the user's umask instead
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as ex:
+            err = write_error(ex, path)
+            if err is None: raise
+            ex.__traceback__ = None   # drop the failed writer's frames now (an open file there holds the disk space)
+            raise err from None
     finally:
         if tmp.exists(): tmp.unlink()
+
+# %% ../nbs/00_core.ipynb #63b793cc
+def save_atomic(obj, path):
+    "`torch.save(obj)` into `path` atomically, through a Python file: a full disk closes it at once (torch's own writer keeps it open)."
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f: torch.save(obj, f)
+    return path
+
+def remove_stale_temps(folder, names) -> list:
+    "Remove the temporary files that interrupted `atomic_path` writes of `names` left in `folder` (a killed process cannot); returns them."
+    import glob
+    gone = [p for n in names for p in Path(folder).glob(f'.{glob.escape(n)}.*') if p.is_file()]
+    for p in gone: p.unlink(missing_ok=True)
+    return gone
+
+@contextlib.contextmanager
+def folder_lock(folder, job='', what='--out'):
+    """Hold `folder/.lock` (an exclusive `flock`, the part-mask cache's mechanism) while a job writes into `folder`;
+    another holder makes it fail at once, naming that process. The lock goes with the process (kill -9 too)."""
+    import fcntl
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder/'.lock', 'a+')
+    try:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0); holder = f.read().strip() or '?'
+            raise ReIDInputError(f"{what} '{folder}' is in use by another run (pid {holder}): wait for it to finish, "
+                                 f"or choose another {what}") from None
+        f.seek(0); f.truncate(); f.write(f"{os.getpid()} {job}\n"); f.flush()
+        yield folder
+    finally: f.close()
+
+# %% ../nbs/00_core.ipynb #0e5e63b1
+def upright(im):
+    "A PIL image turned as its EXIF orientation says (PIL's `ImageOps.exif_transpose`); `im` itself when it needs no turn."
+    from PIL import ImageOps
+    return im if exif_orientation(im) == 1 else ImageOps.exif_transpose(im)
+
+def exif_orientation(im) -> int:
+    "The EXIF orientation tag of a PIL image (1: upright; 5-8 swap width and height), 1 when there is none."
+    try: return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception: return 1
+
+def upright_size(im) -> tuple:
+    "(width, height) of a PIL image as displayed (its EXIF orientation applied), read from the header only."
+    return im.size[::-1] if exif_orientation(im) in (5, 6, 7, 8) else im.size
+
+def os_error_line(e) -> str:
+    "One line for an `OSError` of a command: the file and what to do (`write_error` for a full disk), else the system's words and the file."
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    if full and e.filename is not None: return str(write_error(e, e.filename))
+    where = f" ('{e.filename}')" if e.filename is not None else ''
+    if full: return f"no space left on the disk{where}: free some space and run again"
+    return f"{e.strerror or e}{where}"
 
 # %% ../nbs/00_core.ipynb #c965b4ec
 def load_weights(path, map_location='cpu'):
@@ -87,6 +184,20 @@ def check_finite(x, name='features'):
     bad = (~torch.isfinite(x)).sum().item() if isinstance(x, torch.Tensor) else int((~np.isfinite(np.asarray(x))).sum())
     if bad: raise ReIDInputError(f"{name} contain {bad} NaN/inf values (was the model trained with a diverging loss?)")
     return x
+
+def non_finite_entries(state) -> dict:
+    "`{name: count}` of the floating tensors of a state dict `state` that hold NaN/inf values."
+    return {k: int((~torch.isfinite(v)).sum()) for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()}
+
+def check_finite_state(state, what):
+    "`ReIDInputError` naming `what` and the first tensors when the state dict `state` holds NaN/inf values; `state` otherwise."
+    bad = non_finite_entries(state)
+    if bad:
+        names = ', '.join(f"{k} ({n})" for k, n in list(bad.items())[:3]) + (f", ... {len(bad) - 3} more" if len(bad) > 3 else '')
+        raise ReIDInputError(f"{what}: weights or buffers are not finite (NaN/inf in {names}): the training diverged "
+                             "(too high a learning rate?); use an earlier model or retrain with a lower --lr")
+    return state
 
 # %% ../nbs/00_core.ipynb #c7a1e2f1
 import sys, time

@@ -33,16 +33,27 @@ def _need(root, sub, name, expected):
     return p
 
 def _images(folder, recursive=False):
-    "Sorted image files directly in (or under) `folder`; other files are ignored."
-    it = Path(folder).rglob('*') if recursive else Path(folder).iterdir()
-    return sorted(p for p in it if p.is_file() and is_image_file(p))
+    "Sorted image files directly in (or under) `folder`; other files are ignored, dangling symlinks counted and named (warning)."
+    it = list(Path(folder).rglob('*') if recursive else Path(folder).iterdir())
+    dangling = sorted(p.name for p in it if is_image_file(p) and p.is_symlink() and not p.exists())
+    if dangling: warnings.warn(f"'{folder}': {len(dangling)} dangling symlink(s) skipped (their targets are gone): "
+                               + ', '.join(f"'{n}'" for n in dangling[:3]) + (', ...' if len(dangling) > 3 else ''))
+    return sorted(p for p in it if p.is_file() and is_image_file(p) and not p.name.startswith('.'))
 
 def _bad_names(bad, what, strict):
     "Raise (strict) or warn once about files whose names did not parse."
     if not bad: return
     if strict: raise ReIDInputError(f"{what}: cannot parse the file name '{bad[0]}' ({len(bad)} such file(s)); "
-                                    "pass strict=False to skip them")
+                                    "rename or remove them (the Python parsers skip them with strict=False)")
     warnings.warn(f"{what}: skipped {len(bad)} file(s) whose names do not parse, e.g. '{bad[0]}'")
+
+def _camera_zero(files, name, root, strict):
+    "Raise (strict) or warn about files whose camera number is 0 (Market-style names count cameras from c1)."
+    if not files: return
+    msg = (f"{name} root '{root}': camera c0 in '{files[0]}' ({len(files)} such file(s)): {name} names number the cameras "
+           "from c1 (c1..c6 in Market-1501)")
+    if strict: raise ReIDInputError(msg + "; rename or remove those files")
+    warnings.warn(msg + '; skipped')
 
 def _check_split(df, split, where):
     if not (df.split == split).any(): raise ReIDInputError(f"empty {split} split: no usable items in '{where}'")
@@ -61,7 +72,7 @@ def market_like_df(root, name='Market-1501', pattern=MARKET_PAT, dirs=None, stri
     dirs = dirs or _MARKET_DIRS
     expected = ', '.join(dirs.values())
     folders = {s: _need(root, d, name, expected) for s,d in dirs.items()}
-    pat, rows, bad = re.compile(pattern), [], []
+    pat, rows, bad, cam0 = re.compile(pattern), [], [], []
     for split, folder in folders.items():
         for p in _images(folder):
             m = pat.search(p.name)
@@ -69,10 +80,11 @@ def market_like_df(root, name='Market-1501', pattern=MARKET_PAT, dirs=None, stri
             pid, cam = int(m['pid']), int(m['camid'])
             if pid == -1 and drop_junk: continue
             if cam < 1:
-                bad.append(p); continue
+                cam0.append(p); continue
             if split == 'train' and pid == 0: continue   # distractors never train
             rows.append(dict(path=str(p.resolve()), pid=pid, camid=cam-1, split=split))
     _bad_names(bad, f"{name} root '{root}'", strict)
+    _camera_zero(cam0, name, root, strict)
     df = _finish(rows)
     for s in dirs: _check_split(df, s, folders[s])
     return df
@@ -163,6 +175,7 @@ def mars_df(root, query_in_gallery=False):
             if split == 'query' and query_in_gallery: rows.append({**r, 'split': 'gallery'})
     df = _finish(rows, _VCOLS)
     for s in ('train', 'query', 'gallery'): _check_split(df, s, info)
+    df.attrs['eval_gallery'] = 'non_query' if query_in_gallery else 'all'   # MARS official protocol (see `resolve_gallery`)
     return df
 
 # %% ../nbs/02_datasets.ipynb #865aace3
@@ -240,8 +253,34 @@ def prid2011_df(root, split=0):
                        lambda p: int(re.sub(r'\D', '', p)), 'PRID2011')
 
 # %% ../nbs/02_datasets.ipynb #c4c46921
-def folder_df(root, pattern=MARKET_PAT, splits=None, camid_base=1, strict=True):
-    "Parse your own split folders with a regex (named groups `pid`, `camid`) matched on the relative path."
+def _is_int(s) -> bool:
+    try: int(s); return True
+    except (TypeError, ValueError): return False
+
+def _number_named_pids(rows):
+    "Identities given as names (`person106`): numbered 1..N in sorted order, the name kept in `pid_name`."
+    if all(_is_int(r['pid']) for r in rows):
+        for r in rows: r['pid'] = int(r['pid'])
+        return [r for r in rows if r['pid'] != -1]                  # junk
+    num = {n: i + 1 for i, n in enumerate(sorted({r['pid'] for r in rows}))}
+    return [dict(r, pid=num[r['pid']], pid_name=r['pid']) for r in rows]
+
+def _camera_numbers(rows, camid_base, where):
+    "0-based `camid`s from the file's camera numbers: 0-based when some file says camera 0 (`camid_base=None`), else 1-based."
+    if not rows or rows[0]['camid'] is None:
+        for r in rows: r['camid'] = 0
+        return rows
+    lo = min(int(r['camid']) for r in rows)
+    base = camid_base if camid_base is not None else min(lo, 1)
+    if lo < base:
+        raise ReIDInputError(f"{where}: a file names camera {lo}, below camid_base={base}; pass camid_base=0 (cameras "
+                             "numbered from 0) or camid_base=None (read from the files)")
+    for r in rows: r['camid'] = int(r['camid']) - base
+    return rows
+
+def folder_df(root, pattern=MARKET_PAT, splits=None, camid_base=None, strict=True):
+    """Parse your own split folders with a regex (named groups `pid`, `camid`) matched on the relative path. `pid`: a
+    number or a name (numbered 1..N, kept in `pid_name`); camera numbers 0- or 1-based as the files say (`camid_base`)."""
     root = check_dir(root, 'dataset root')
     splits = splits or dict(train='train', query='query', gallery='gallery')
     pat = re.compile(pattern)
@@ -252,11 +291,10 @@ def folder_df(root, pattern=MARKET_PAT, splits=None, camid_base=1, strict=True):
         for p in _images(d, recursive=True):
             m = pat.search(p.relative_to(d).as_posix())
             if m is None: bad.append(p); continue
-            pid = int(m['pid'])
-            if pid == -1: continue
-            cam = int(m['camid']) - camid_base if 'camid' in pat.groupindex else 0
-            rows.append(dict(path=str(p.resolve()), pid=pid, camid=cam, split=split))
+            cam = m['camid'] if 'camid' in pat.groupindex else None
+            rows.append(dict(path=str(p.resolve()), pid=m['pid'], camid=cam, split=split))
     _bad_names(bad, f"folder_df('{root}', pattern={pattern!r})", strict)
+    rows = _camera_numbers(_number_named_pids(rows), camid_base, f"folder_df('{root}')")
     df = _finish(rows)
     for s, sub in splits.items(): _check_split(df, s, root/sub)
     return df
@@ -330,7 +368,9 @@ def combine_datasets(dfs, sources=None, targets=None) -> pd.DataFrame:
         d = d.copy()
         keep = ((d.split == 'train') & (sources is None or n in sources)) | ((d.split != 'train') & (targets is None or n in targets))
         d['dataset'], d['dataset_pid'], d['dataset_camid'] = n, d.pid, d.camid
-        d['pid'], d['camid'] = d.pid + pid0, d.camid + cam0
-        pid0, cam0 = pid0 + int(d.dataset_pid.max()) + 1, cam0 + int(d.dataset_camid.max()) + 1
+        people = d.pid >= 0      # junk (-1) and other negative ids keep their meaning: never offset onto a person
+        d['pid'], d['camid'] = d.pid.where(~people, d.pid + pid0), d.camid + cam0
+        if people.any(): pid0 += int(d.dataset_pid[people].max()) + 1
+        cam0 += int(d.dataset_camid.max()) + 1
         out.append(d[keep])
     return pd.concat(out, ignore_index=True)

@@ -15,11 +15,14 @@ import torch.nn.functional as F
 from PIL import Image
 from fastai.vision.core import imagenet_stats
 from .models import IAUnet, VideoIAUnet
-from .data import load_reid_image, eval_clips
+from .data import load_reid_image, eval_clips, image_values, frame_items
+import pandas as pd
 
 # %% ../nbs/10b_inference.ipynb #b3cc783a
 import warnings
 from .models import _plain
+from .interpret import _dls_attr
+from .native import sync_input_size
 
 CONFIG_VERSION = 2            # 2: every constructor option (issue 11); files without it were written before
 LEGACY_OPTIONS = dict(part_norm='area', neck='bnneck', per_frame=False, last_stride=1)   # what those files computed
@@ -35,15 +38,17 @@ def _model_config(model, dls=None):
     return cfg
 
 def save_reid_model(learn_or_model, fname):
-    "Save a weights-only model file (state dict + config of every constructor option) atomically to `fname`."
+    """Save a weights-only model file (state dict + config of every constructor option) atomically to `fname`.
+    Given a `Learner`, the recorded input size is that of `learn.dls` (progressive resizing: the size trained last)."""
     m = getattr(learn_or_model, 'model', learn_or_model)
+    if m is not learn_or_model and hasattr(learn_or_model, 'dls'): sync_input_size(learn_or_model)
     cfg = {**_model_config(m), **{k: v for k, v in (getattr(m, 'reid_config', None) or {}).items()
                                   if k in ('img_size', 'vocab')}}
     fname = Path(fname)
-    with atomic_path(fname) as tmp:
-        out = {'reid_config': cfg, 'model': {k: v.detach().cpu() for k, v in m.state_dict().items()}}
-        if getattr(m, 'verifier', None) is not None: out['verifier'] = m.verifier.state_dict()   # plain numbers (`fit_verifier`)
-        torch.save(out, tmp)
+    sd = check_finite_state({k: v.detach().cpu() for k, v in m.state_dict().items()}, f"not written: '{fname}'")
+    out = {'reid_config': cfg, 'model': sd}
+    if getattr(m, 'verifier', None) is not None: out['verifier'] = m.verifier.state_dict()   # plain numbers (`fit_verifier`)
+    save_atomic(out, fname)
     return fname
 
 def _complete_config(cfg, sd, fname):
@@ -76,6 +81,7 @@ def load_reid_model(fname, model=None):
                                                "pass `model=` to load a plain state dict into it")
         return model.load_checkpoint(fname)
     cfg = _complete_config(sd['reid_config'], sd['model'], fname)
+    check_finite_state(sd['model'], f"'{fname}'")   # a diverged run's weights: refused, naming the file
     if model is None:
         model = _build_model(cfg)
         model.reid_config = cfg
@@ -105,7 +111,7 @@ class FeatureExtractor:
             else: src = load_reid_model(p)
         model = getattr(src, 'model', src)
         cfg = getattr(model, 'reid_config', None) or {}
-        if size is None: size = cfg.get('img_size') or getattr(getattr(src, 'dls', None), 'img_size', None) or (256, 128)
+        if size is None: size = _dls_attr(getattr(src, 'dls', None), 'img_size') or cfg.get('img_size') or (256, 128)
         self.model, self.size, self.device = model, tuple(size), best_device(device)
         self.bs, self.flip_tta, self.distributed = bs, flip_tta, distributed
         self.seq_len = getattr(model, 'seq_len', None) if isinstance(model, VideoIAUnet) else None
@@ -117,27 +123,15 @@ class FeatureExtractor:
         an [H, W, 3] array or a [3, H, W] tensor that is either integer with values 0..255 or float with values in
         [0, 1]. Anything else is ambiguous (a float image in 0..255, an already normalised one) and refused."""
         if isinstance(x, (str, Path)): x = load_reid_image(x, self.size)
+        if isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3 and x.shape[-1] == 3: x = Image.fromarray(x)
         if isinstance(x, Image.Image):
             from iaunet_fastai.data import _to_rgb
             x = _to_rgb(x)
             if x.size != (self.size[1], self.size[0]): x = x.resize((self.size[1], self.size[0]), Image.BICUBIC)
             x = torch.from_numpy(np.asarray(x).copy()).permute(2, 0, 1)
-        elif isinstance(x, np.ndarray):
-            if x.ndim != 3 or x.shape[-1] != 3: raise ReIDInputError(f"arrays must be [H, W, 3] RGB, got {x.shape}")
-            if x.dtype == np.uint8: return self._to_tensor(Image.fromarray(x))
-            if x.dtype.kind not in 'uif': raise ReIDInputError(f"arrays must hold numbers (uint8 0..255 or float 0..1), got {x.dtype}")
-            x = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)
-        if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[0] != 3:
-            raise ReIDInputError(f"cannot embed {type(x).__name__}: pass paths, PIL images, [H,W,3] arrays or [3,H,W] tensors")
-        lo, hi = (x.min().item(), x.max().item()) if x.numel() else (0, 0)
-        if x.is_floating_point():
-            if lo < -1e-3 or hi > 1 + 1e-3:
-                raise ReIDInputError(f"float images must have values in [0, 1], got {lo:.3g}..{hi:.3g}: for 0..255 data pass uint8 "
-                                     "(or divide by 255); normalised images are not accepted (the extractor normalises)")
-            x = x.float().clamp(0, 1)
-        else:
-            if lo < 0 or hi > 255: raise ReIDInputError(f"integer images must have values 0..255, got {lo}..{hi} ({x.dtype})")
-            x = x.float() / 255.
+        elif isinstance(x, (np.ndarray, torch.Tensor)): x = image_values(x)
+        else: raise ReIDInputError(f"cannot embed {type(x).__name__}: pass paths, PIL images, [H,W,3] arrays or [3,H,W] tensors")
+        x = x.float() if x.is_floating_point() else x.float() / 255.
         if tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(x[None], self.size, mode='bicubic', align_corners=False)[0].clamp(0, 1)
         return (x - self.mean) / self.std
@@ -187,7 +181,7 @@ class FeatureExtractor:
         """Embed `items`: tracklets if they are lists/tuples of frames, else images. Started by `accelerate launch`/`torchrun`
         with several processes (and `distributed`), each process embeds its share and all get the whole result in input
         order (every process must make the call; `distributed=False` embeds everything in this process)."""
-        items = list(items)
+        items = frame_items(items) if isinstance(items, pd.DataFrame) else list(items)   # a frame: its path(s) column
         embed = self.tracklets if items and isinstance(items[0], (list, tuple)) else self.images
         if not self.distributed: return embed(items)
         from iaunet_fastai.distributed import sharded_apply

@@ -19,6 +19,7 @@ import fastai.callback.hook        # `Learner.summary`
 from .data import _denorm, _PART_CMAP, ReIDTestItems, PKDataLoader, frame_items
 from .models import VideoIAUnet
 from .metrics import aggregate_tracklets, evaluate_retrieval, show_ranked, pairwise_distance
+from .callbacks import resolve_gallery
 
 # %% ../nbs/10e_interpret.ipynb #39077559
 def _dls_attr(dls, name):
@@ -47,6 +48,8 @@ class ReIDLearner(Learner):
         if owner is not None and len(owner) != len(np.unique(owner)) and torch.is_tensor(res[i]) and len(res[i]) == len(owner):
             res[i] = aggregate_tracklets(res[i], torch.as_tensor(owner))[0]       # clips -> one embedding per tracklet
             if with_decoded: res[i+2] = res[i]
+            if with_input and torch.is_tensor(res[0]):                        # inputs: the first clip of each tracklet
+                res[0] = res[0][torch.as_tensor(np.unique(owner, return_index=True)[1])]
         return tuple(res)
 
     def embed(self, items, bs=None) -> torch.Tensor:
@@ -166,14 +169,14 @@ def show_part_maps(learn, items, masks=None, frame=None, figsize_per=(1.0, 1.9),
     return fig
 
 # %% ../nbs/10e_interpret.ipynb #5875ef95
-def evaluate_targets(learn, by='dataset', gallery='non_query', **kwargs) -> dict:
+def evaluate_targets(learn, by='dataset', gallery=None, **kwargs) -> dict:
     """Retrieval metrics of each target dataset separately: `{name: evaluate_retrieval(...)}` for every value of the
-    `by` column of `dls.query_df` (see `combine_datasets`); `gallery='all'` keeps the queries in the gallery (MARS)."""
+    `by` column of `dls.query_df` (see `combine_datasets`); `gallery='all'` keeps the queries in the gallery (MARS; None: the data's protocol, `resolve_gallery`)."""
     q, g = _dls_attr(learn.dls, 'query_df'), _dls_attr(learn.dls, 'gallery_df')
     if q is None or g is None or len(q) == 0: raise ReIDInputError("evaluate_targets needs dls with query/gallery splits (reid_dls(df))")
     if by not in q.columns or by not in g.columns:
         raise ReIDInputError(f"the query/gallery frames have no {by!r} column: build df with combine_datasets({{name: df, ...}})")
-    if gallery not in ('non_query', 'all'): raise ReIDInputError(f"`gallery` must be 'non_query' or 'all', got {gallery!r}")
+    gallery = resolve_gallery(gallery, learn.dls)
     qf, gf = learn.embed(frame_items(q)), learn.embed(frame_items(g))
     out = {}
     for name in pd.unique(q[by]):

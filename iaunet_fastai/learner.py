@@ -25,7 +25,8 @@ from fastai.callback.schedule import ParamScheduler, combine_scheds, SchedNo
 from fastai.optimizer import Adam
 from .models import IAUnet, VideoIAUnet, compile_iau_blocks
 from .losses import ReIDLoss
-from .callbacks import RetrievalEvaluator, ComputedMetric
+from .callbacks import RetrievalEvaluator, ComputedMetric, RetrievalMetric
+from .native import check_metrics, check_loss_func, check_evaluable   # also patches ReIDLearner (tta, validate, fit)
 from .inference import _model_config
 from .interpret import ReIDLearner
 
@@ -209,13 +210,17 @@ def as_reid_dls(dls):
 # %% ../nbs/10_learner.ipynb #3a8bf053
 @delegates(Learner.__init__)
 def iaunet_learner(dls, arch='resnet50', pretrained=True, video=None, iau_stages=(2, 3), last_stride=1,
-                   loss_func=None, metrics=None, cbs=None, every=1, flip_tta=False, gallery='non_query', lr=3.5e-4, wd=5e-4,
+                   loss_func=None, metrics=None, cbs=None, every=1, flip_tta=False, gallery=None, lr=3.5e-4, wd=5e-4,
                    opt_func=torch_adam, pretrained_file=None, model_kwargs=None, compile=False, **kwargs) -> Learner:
     """A fastai `Learner` with IAUnet/VideoIAUnet for `dls`, `ReIDLoss`, loss-term columns and retrieval metrics.
     `video` defaults to whether `dls` holds tracklets; `every`/`flip_tta` configure the `RetrievalEvaluator`;
-    `gallery='all'` puts the queries into the gallery too (the MARS official protocol). `compile=True` (or a dict of
+    `gallery`: None scores with the data's protocol (`dls.eval_gallery`: MARS's official one, queries kept in the
+    gallery, on a MARS layout; else 'non_query'), `'all'`/`'non_query'` choose. `compile=True` (or a dict of
     `torch.compile` options) compiles the model in place (`nn.Module.compile`: state-dict keys and model files unchanged),
-    `compile='iau'` only its IAU blocks (`compile_iau_blocks`: seconds to compile, the blocks' small kernels fused)."""
+    `compile='iau'` only its IAU blocks (`compile_iau_blocks`: seconds to compile, the blocks' small kernels fused).
+    User `metrics` are added next to the retrieval columns (`check_metrics`: classification metrics are refused); a
+    classification `loss_func` (`CrossEntropyLossFlat()`...) trains on the logits (`ClassifierLoss`); a split where no
+    query has a match from another camera is refused here (`check_evaluable`)."""
     if compile is None: compile = False
     if not (isinstance(compile, (bool, dict)) or compile == 'iau'):
         raise ReIDInputError(f"compile must be False, True, 'iau' or a dict of torch.compile options, got {compile!r}")
@@ -227,16 +232,17 @@ def iaunet_learner(dls, arch='resnet50', pretrained=True, video=None, iau_stages
     model = (VideoIAUnet(arch, dls.n_classes, seq_len=dls.seq_len, **mk) if video
              else IAUnet(arch, dls.n_classes, **mk))
     model.reid_config = _model_config(model, dls)
+    loss_func = check_loss_func(loss_func, model, dls)
     if compile == 'iau': compile_iau_blocks(model)
     elif compile: model.compile(**(compile if isinstance(compile, dict) else {}))
     terms = LossTerms()
     cbs = L(terms, SyncFreeRecorder()) + L(cbs)
-    if metrics is None:
-        if getattr(dls, 'query', None) is not None:
-            ev = RetrievalEvaluator(every=every, flip_tta=flip_tta, gallery=gallery)
-            cbs, metrics = cbs + L(ev), L(ev.metrics)
-        else: metrics = L()
-    metrics = L(terms.metrics) + L(metrics)
+    metrics = check_metrics(metrics, dls)                 # user metrics go next to the retrieval columns
+    if getattr(dls, 'query', None) is not None and not any(isinstance(m, RetrievalMetric) for m in metrics):
+        check_evaluable(dls.query_df, dls.gallery_df, gallery)
+        ev = RetrievalEvaluator(every=every, flip_tta=flip_tta, gallery=gallery)
+        cbs, metrics = cbs + L(ev), L(ev.metrics) + metrics
+    metrics = L(terms.metrics) + metrics
     learn = ReIDLearner(dls, model, loss_func=loss_func or ReIDLoss(), opt_func=opt_func, lr=lr, wd=wd,
                     splitter=kwargs.pop('splitter', reid_splitter), metrics=metrics, cbs=cbs, **kwargs)
     _lazy_progress(learn)

@@ -497,7 +497,7 @@ def _load_img(x):
         return _load_img(x[len(x) // 2])
     if isinstance(x, (str, Path)):
         from PIL import Image
-        return np.asarray(Image.open(x).convert('RGB'))
+        with Image.open(x) as im: return np.asarray(upright(im).convert('RGB'))
     a = to_numpy(x)
     if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3): a = a.transpose(1, 2, 0)
     return a

@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['NECKS', 'PAPER_ARCH', 'scratch_timm_kwargs', 'reset_zero_norms', 'check_backbone_file', 'timm_stages', 'not_a_cnn',
-           'stage_table', 'IAUnet', 'VideoIAUnet', 'compile_iau_blocks']
+           'stage_table', 'check_iau_stages', 'probe_stage_sizes', 'run_stages', 'IAUnet', 'VideoIAUnet',
+           'compile_iau_blocks']
 
 # %% ../nbs/06_models.ipynb #0217e50b
 from .core import *
@@ -73,7 +74,7 @@ def timm_stages(arch:str, pretrained:bool=False, pretrained_file=None, **kwargs)
         if not pretrained or pretrained_file is not None: raise
         raise ReIDInputError(f"could not fetch the pretrained weights of '{arch}' ({type(e).__name__}: "
                              f"{str(e).splitlines()[0][:200]}); pass pretrained_file=<local .pth/.safetensors> "
-                             "or pretrained=False") from e
+                             "or pretrained=False (command line: --no-pretrained) to train from scratch") from e
     except (RuntimeError, AssertionError, NotImplementedError, ValueError, TypeError, KeyError) as e:
         if pretrained_file is not None and isinstance(e, RuntimeError):
             raise ReIDInputError(f"pretrained_file '{pretrained_file}' does not hold weights of a timm '{arch}' "
@@ -125,6 +126,43 @@ def _apply_last_stride1(fm, keys) -> list:
                 changed.append(f'{key}.{name} (pool)')
     return changed
 
+# %% ../nbs/06_models.ipynb #c30a0002
+def check_iau_stages(iau_stages, stages:dict, arch) -> tuple:
+    "`iau_stages` as a sorted tuple, or `ReIDInputError` naming those not among the backbone's `stages`."
+    iau_stages = tuple(sorted(set(iau_stages or ())))
+    bad = [s for s in iau_stages if s not in stages]
+    if bad: raise ReIDInputError(f"iau_stages={bad} not available for {arch}; stages are {sorted(stages)}")
+    return iau_stages
+
+@torch.no_grad()
+def probe_stage_sizes(backbone, stages:dict, hw=(64, 64), arch='?', n_in:int=3) -> dict:
+    "`{stage: (h, w)}` after each stage of `backbone` for a dummy `[1, n_in, *hw]` input (eval mode, no state change)."
+    was = backbone.training; backbone.eval()
+    try:
+        x, sizes, key2s = torch.zeros(1, n_in, *hw), {}, {v[0]: s for s, v in stages.items()}
+        for k, m in backbone.items():
+            x = m(x)
+            if k in key2s:
+                if x.ndim != 4 or x.shape[1] != stages[key2s[k]][1]:
+                    raise ReIDInputError(not_a_cnn(arch, ValueError(
+                        f"stage {key2s[k]} gives {tuple(x.shape)}, not [B, {stages[key2s[k]][1]}, H, W]")))
+                sizes[key2s[k]] = tuple(x.shape[-2:])
+    except ReIDInputError: raise
+    except Exception as e: raise ReIDInputError(not_a_cnn(arch, e)) from e
+    finally: backbone.train(was)
+    return sizes
+
+def run_stages(backbone, blocks, x, last:str, run_block):
+    "Run `backbone`'s modules up to `last`, `x, out = run_block(blocks[k], x)` after each module `k` in `blocks`; `(x, [out])`."
+    outs = []
+    for k, m in backbone.items():
+        x = m(x)
+        if k in blocks:
+            x, o = run_block(blocks[k], x)
+            outs.append(o)
+        if k == last: break
+    return x, outs
+
 # %% ../nbs/06_models.ipynb #1bfd6471
 NECKS = ('bn', 'bnneck')
 PAPER_ARCH = 'resnet50.tv_in1k'      # torchvision's ResNet-50 v1 ImageNet weights: the authors' initialisation
@@ -152,9 +190,7 @@ class _ReIDNet(nn.Module):
         self.backbone = timm_stages(arch, pretrained, pretrained_file, **timm_kwargs)
         self.stages = stage_table(self.backbone)
         self._probe_sizes()                                           # a clear error for non-CNN backbones
-        iau_stages = tuple(sorted(set(iau_stages or ())))
-        bad = [s for s in iau_stages if s not in self.stages]
-        if bad: raise ReIDInputError(f"iau_stages={bad} not available for {arch}; stages are {sorted(self.stages)}")
+        iau_stages = check_iau_stages(iau_stages, self.stages, arch)
         self.iau_stages, self.last_stage = iau_stages, max(self.stages)
         self.iau = nn.ModuleDict({self.stages[s][0]: self._make_block(self.stages[s][1], parts, part_norm)
                                   for s in iau_stages})
@@ -188,34 +224,14 @@ class _ReIDNet(nn.Module):
         else: warnings.warn(f"last_stride=1 is not supported for {self.arch}: its last stage still downsamples "
                             f"({sizes[self.last_stage-1]} -> {sizes[self.last_stage]}); keeping it", stacklevel=3)
 
-    @torch.no_grad()
     def _probe_sizes(self, hw=(64, 64)):
-        "Spatial size after each stage for a dummy `hw` input (eval mode, no state change); checks the maps are NCHW."
-        was = self.backbone.training; self.backbone.eval()
-        try:
-            x, sizes, key2s = torch.zeros(1, 3, *hw), {}, {v[0]: s for s, v in self.stages.items()}
-            for k, m in self.backbone.items():
-                x = m(x)
-                if k in key2s:
-                    if x.ndim != 4 or x.shape[1] != self.stages[key2s[k]][1]:
-                        raise ReIDInputError(not_a_cnn(self.arch, ValueError(
-                            f"stage {key2s[k]} gives {tuple(x.shape)}, not [B, {self.stages[key2s[k]][1]}, H, W]")))
-                    sizes[key2s[k]] = tuple(x.shape[-2:])
-        except ReIDInputError: raise
-        except Exception as e: raise ReIDInputError(not_a_cnn(self.arch, e)) from e
-        finally: self.backbone.train(was)
-        return sizes
+        "Spatial size after each stage for a dummy `hw` input (`probe_stage_sizes`)."
+        return probe_stage_sizes(self.backbone, self.stages, hw, self.arch)
 
     def features_map(self, x, n_frames=None):
         "Run the backbone with the blocks; returns the last map and the list of part logits."
-        parts, last = [], self.stages[self.last_stage][0]
-        for k, m in self.backbone.items():
-            x = m(x)
-            if k in self.iau:
-                x, lg = self._run_block(self.iau[k], x, n_frames)
-                parts.append(lg)
-            if k == last: break
-        return x, parts
+        return run_stages(self.backbone, self.iau, x, self.stages[self.last_stage][0],
+                          lambda blk, x: self._run_block(blk, x, n_frames))
 
     def _run_block(self, blk, x, n_frames): return blk(x)
 

@@ -250,7 +250,7 @@ def match_iaunet_folders(names, label_dir) -> list:
 # %% ../nbs/04_part_masks.ipynb #af1774ae
 def _img_size(path):
     try:
-        with Image.open(path) as im: return im.size[::-1], ''
+        with Image.open(path) as im: return upright_size(im)[::-1], ''   # as displayed (EXIF orientation)
     except Exception as e: return None, f"unreadable image: '{path}': {type(e).__name__}: {e}"
 
 def _parse_one(job):
@@ -262,7 +262,7 @@ def _parse_one(job):
 def _parse_one_(parser, img_path, ref, size, lut, pkw):
     if parser == 'prior':
         try:
-            with Image.open(img_path) as im: img = np.asarray(im.convert('RGB'))
+            with Image.open(img_path) as im: img = np.asarray(upright(im).convert('RGB'))
         except Exception as e: return None, f"unreadable image: '{img_path}': {type(e).__name__}: {e}", False
         m, why = prior_part_map(img, **pkw)
         if m is None: return None, f"{why} ('{img_path}')", False
@@ -572,10 +572,13 @@ def masks_cli(image_dir:str,              # folder of images (searched recursive
               precision:str='fp32',       # schp: 'fp32' or 'bf16' (GPU autocast)
               save_labels:str=None):      # schp: also write SCHP's raw palette label PNGs under this folder
     "Precompute part masks for every image under `image_dir` into the cache folder `out`."
-    pm = precompute_part_masks(image_dir, out, parser=parser, label_dir=label_dir, size=(height, width),
-                               image_glob=image_glob, recursive=not no_recursive, n_workers=n_workers, chunk=chunk,
-                               overwrite=overwrite, progress=not no_progress, weights=weights,
-                               schp_kwargs=dict(device=device, batch_size=batch_size, precision=precision, label_png_dir=save_labels,
-                                                progress=not no_progress)
-                               if parser == 'schp' else None)
+    try:
+        precompute_part_masks(image_dir, out, parser=parser, label_dir=label_dir, size=(height, width),
+                              image_glob=image_glob, recursive=not no_recursive, n_workers=n_workers, chunk=chunk,
+                              overwrite=overwrite, progress=not no_progress, weights=weights,
+                              schp_kwargs=dict(device=device, batch_size=batch_size, precision=precision, label_png_dir=save_labels,
+                                               progress=not no_progress)
+                              if parser == 'schp' else None)
+    except OSError as e:    # a full disk mid-way: the finished chunks are kept, a rerun computes only the rest
+        raise ReIDInputError(f"writing the part-mask cache '{out}': {os_error_line(e)} (a rerun continues with the images left)") from None
     return 0

@@ -396,8 +396,8 @@ def _plan_mars(rng, p, cams):
                 if pid not in anchor: anchor[pid] = ci
                 elif ci != anchor[pid] and (pid, ci) not in seen: seen.add((pid, ci)); queries.append(len(info))
         files[f'info/{split}_name.txt'] = ('\n'.join(names) + '\n').encode()
-        files[f'info/tracks_{split}_info.mat'] = _savemat_bytes(f'track_{split}_info', np.array(info, np.float64))
-    files['info/query_IDX.mat'] = _savemat_bytes('query_IDX', np.array(queries, np.float64)[None])
+        files[f'info/tracks_{split}_info.mat'] = _savemat_bytes(f'track_{split}_info', np.array(info, np.int32))
+    files['info/query_IDX.mat'] = _savemat_bytes('query_IDX', np.array(queries, np.int32)[None])
     return jobs, files
 
 def _plan_dukev(rng, p, cams):
@@ -425,11 +425,11 @@ _PRESETS = {
                'mars':  dict(n_train_ids=3, n_test_ids=3, n_cams=3, tracklets_per_id=(2, 2), tracklet_len=(4, 6), n_junk=1, n_distractors=1),
                'dukev': dict(n_train_ids=3, n_test_ids=3, n_cams=3, tracklets_per_id=(2, 2), tracklet_len=(4, 6), n_junk=0, n_distractors=1)},
     'small':  {'market1501': dict(n_train_ids=60, n_test_ids=60, n_cams=6, cams_per_id=4, imgs_per_cam=(2, 5), n_junk=40, n_distractors=60),
-               'mars':  dict(n_train_ids=40, n_test_ids=40, n_cams=6, tracklets_per_id=(2, 3), tracklet_len=(8, 16), n_junk=4, n_distractors=4),
-               'dukev': dict(n_train_ids=30, n_test_ids=30, n_cams=8, tracklets_per_id=(2, 3), tracklet_len=(8, 16), n_junk=0, n_distractors=6)},
+               'mars':  dict(n_train_ids=40, n_test_ids=40, n_cams=6, tracklets_per_id=(4, 5), tracklet_len=(8, 16), n_junk=4, n_distractors=4),
+               'dukev': dict(n_train_ids=30, n_test_ids=30, n_cams=8, tracklets_per_id=(4, 5), tracklet_len=(8, 16), n_junk=0, n_distractors=6)},
     'medium': {'market1501': dict(n_train_ids=300, n_test_ids=300, n_cams=6, cams_per_id=5, imgs_per_cam=(3, 8), n_junk=300, n_distractors=500),
-               'mars':  dict(n_train_ids=150, n_test_ids=150, n_cams=6, tracklets_per_id=(2, 5), tracklet_len=(8, 32), n_junk=20, n_distractors=20),
-               'dukev': dict(n_train_ids=150, n_test_ids=150, n_cams=8, tracklets_per_id=(2, 4), tracklet_len=(8, 32), n_junk=0, n_distractors=40)},
+               'mars':  dict(n_train_ids=150, n_test_ids=150, n_cams=6, tracklets_per_id=(4, 6), tracklet_len=(8, 32), n_junk=20, n_distractors=20),
+               'dukev': dict(n_train_ids=150, n_test_ids=150, n_cams=8, tracklets_per_id=(4, 6), tracklet_len=(8, 32), n_junk=0, n_distractors=40)},
 }
 _VERSION = 1
 

@@ -267,6 +267,47 @@ def test_folder_and_csv(tmp_path):
 
 
 # ---------------------------------------------------------------- the synthetic world
+def _torchreid_mars(root):
+    "torchreid's own `Mars` dataset class on `root` (its layout: `<root>/mars/...`), or skip when torchreid is absent."
+    mars = pytest.importorskip('torchreid.data.datasets.video.mars')
+    return mars.Mars(root=str(root), transform=lambda x: x)   # a video dataset refuses to exist without a transform
+
+
+def test_synthetic_mars_reads_as_real_mars(tmp_path):
+    "The synthetic MARS .mat files hold int32 like the real ones: MARS loaders index with them directly."
+    from scipy.io import loadmat
+    synth = pytest.importorskip('iaunet_fastai.synthetic')
+    root = Path(synth.make_synthetic_reid(tmp_path/'synth', preset='tiny', datasets='mars', img_size=(64, 32), workers=0))
+    info = root/'MARS'/'info'
+    test = loadmat(str(info/'tracks_test_info.mat'))['track_test_info']
+    qidx = loadmat(str(info/'query_IDX.mat'))['query_IDX'].squeeze()
+    assert test.dtype == np.int32 and qidx.dtype == np.int32
+    assert loadmat(str(info/'tracks_train_info.mat'))['track_train_info'].dtype == np.int32
+    query = test[qidx - 1, :]                                        # as torchreid's Mars: query_IDX -= 1; track_test[query_IDX, :]
+    df = mars_df(root/'MARS')
+    assert sorted(df[df.split == 'query'].trackid) == sorted(qidx - 1)
+    assert (query[:, 2] == df[df.split == 'query'].sort_values('trackid').pid.to_numpy()).all()
+    for sub in ('train', 'test'):                                    # float-typed copies (older worlds) read the same
+        f = info/f'tracks_{sub}_info.mat'
+        savemat(f, {f'track_{sub}_info': loadmat(str(f))[f'track_{sub}_info'].astype(float)})
+    savemat(info/'query_IDX.mat', {'query_IDX': qidx[None].astype(float)})
+    assert mars_df(root/'MARS').equals(df)
+
+
+def test_torchreid_reads_synthetic_mars(tmp_path):
+    "torchreid's `Mars` class parses the synthetic world unmodified (only a `mars` link to the folder, its expected name)."
+    synth = pytest.importorskip('iaunet_fastai.synthetic')
+    pytest.importorskip('torchreid')
+    root = Path(synth.make_synthetic_reid(tmp_path/'synth', preset='tiny', datasets='mars', img_size=(64, 32), workers=0))
+    (tmp_path/'peer').mkdir(); (tmp_path/'peer'/'mars').symlink_to(root/'MARS', target_is_directory=True)
+    ds = _torchreid_mars(tmp_path/'peer')
+    df = mars_df(root/'MARS')
+    for split, rows in (('train', ds.train), ('query', ds.query), ('gallery', ds.gallery)):
+        mine = df[df.split == split]
+        assert len(rows) == len(mine), split
+        assert sorted(len(r[0]) for r in rows) == sorted(mine.n_frames), split
+
+
 def test_synthetic_world(tmp_path):
     synth = pytest.importorskip('iaunet_fastai.synthetic')
     root = Path(synth.make_synthetic_reid(tmp_path/'synth', preset='tiny'))

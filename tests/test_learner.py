@@ -2,6 +2,7 @@
 import json, subprocess, sys
 from pathlib import Path
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -41,7 +42,7 @@ def test_one_liner_trains_and_evaluates(trained):
     assert vals['train_mask'] > 0                     # masks were given: the mask term is live
     res = final_metrics(learn)
     assert 0 <= res['rank1'] <= 1 and 0 <= res['mAP'] <= 1 and res['num_valid_queries'] > 0
-    assert learn.validate()[6] == pytest.approx(res['mAP'])   # valid_loss, 3 terms, rank1, rank5, mAP, mINP
+    assert learn.validate()[3] == pytest.approx(res['mAP'])   # valid_loss, rank1, rank5, mAP, mINP (no train_* columns)
 
 
 def test_export_round_trip_identical_embeddings(trained):
@@ -119,7 +120,7 @@ def test_cli_train_eval_extract_on_tiny_world(world, tmp_path):
     r = _run('masks', world/'Market-1501', tmp_path/'masks', '--label-dir', world/'parsing'/'Market-1501',
              '--height', '64', '--width', '32')
     assert r.returncode == 0, r.stdout + r.stderr
-    r = _run('train', '--dataset', 'market1501', '--root', world/'Market-1501', '--arch', 'resnet18',
+    r = _run('train', '--dataset', 'market1501', '--root', world/'Market-1501', '--arch', 'resnet18', '--no-pretrained',
              '--epochs', '1', '--size', '64,32', '--pk', '4x4', '--masks', tmp_path/'masks',
              '--workers', '0', '--out', out)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -144,6 +145,32 @@ def test_cli_bad_input_names_the_argument(tmp_path):
     r = _run('eval', tmp_path/'missing.pth')
     assert r.returncode == 1 and 'missing.pth' in r.stderr
     assert cli_main(['bogus']) == 2
+
+
+def test_tracklet_protocol_default_is_the_layouts(world, capsys, monkeypatch):
+    "One default for tracklets: on a MARS layout the table shows MARS's official protocol (queries stay in the gallery)."
+    from iaunet_fastai.metrics import evaluate_tracklets
+    vdf = mars_df(world/'MARS')
+    vdls = reid_dls(vdf, size=SIZE, P=2, K=2, seq_len=4, num_workers=0, seed=0)
+    learn = iaunet_learner(vdls, 'resnet18', pretrained=False)
+    ev = next(c for c in learn.cbs if isinstance(c, RetrievalEvaluator))
+    assert ev.gallery is None and vdls.eval_gallery == 'all'
+    ev.before_fit(); ev.after_fit()
+    assert 'MARS official protocol' in capsys.readouterr().out        # the line printed when fit starts names it
+    import iaunet_fastai.callbacks as C
+    used, split = [], C.query_gallery_split
+    monkeypatch.setattr(C, 'query_gallery_split', lambda *a: used.append(a[-1]) or split(*a))
+    learn.validate()
+    assert used == ['all']                                            # the evaluator's gallery: queries kept
+    f, (pid, cam, isq, item) = learn.get_preds(dl=vdls.valid)
+    qg = pd.concat([vdls.query_df, vdls.gallery_df], ignore_index=True)
+    info = dict(pids=qg.pid.values, camids=qg.camid.values,
+                is_query=np.r_[np.ones(len(vdls.query_df), bool), np.zeros(len(vdls.gallery_df), bool)])
+    assert abs(ev.results['mAP'] - evaluate_tracklets(f, item, mars='official', **info)['mAP']) < 1e-4
+    # a frame whose gallery already holds the queries, or images, keep 'non_query'; an explicit choice wins
+    assert reid_dls(mars_df(world/'MARS', query_in_gallery=True), size=SIZE, P=2, K=2, num_workers=0).eval_gallery == 'non_query'
+    assert resolve_gallery(None, reid_dls(market1501_df(world/'Market-1501'), size=SIZE, P=2, K=2, num_workers=0)) == 'non_query'
+    assert resolve_gallery('non_query', vdls) == 'non_query'
 
 
 def test_every_skips_the_evaluation_pass(world, tmp_path):

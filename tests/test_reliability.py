@@ -32,7 +32,7 @@ def market(world): return world/'Market-1501'
 
 
 def _kw(market, **kw):
-    return dict(dict(dataset='market1501', root=str(market), arch='resnet18', epochs=1, size='64,32', pk='4x4', workers=0,
+    return dict(dict(dataset='market1501', root=str(market), arch='resnet18', pretrained=False, epochs=1, size='64,32', pk='4x4', workers=0,
                      seed=0), **kw)
 
 
@@ -288,7 +288,7 @@ def test_preflight_finds_a_bad_gallery_image_before_training(market, tmp_path, c
     g.write_bytes(g.read_bytes()[:300])                                # truncated
     t = time.perf_counter()
     assert cli_main(['train', '--dataset', 'market1501', '--root', str(bad), '--out', str(tmp_path/'o'), '--arch', 'resnet18',
-                     '--size', '64,32', '--pk', '4x4', '--workers', '0']) == 1
+                     '--no-pretrained', '--size', '64,32', '--pk', '4x4', '--workers', '0']) == 1
     err = capsys.readouterr().err
     assert g.name in err and 'Traceback' not in err and len(err.strip().splitlines()) == 1
     assert time.perf_counter() - t < 15 and not (tmp_path/'o'/'checkpoint.pth').exists()
@@ -344,7 +344,7 @@ def test_bad_image_in_a_loader_worker_is_one_line(market, tmp_path, capsys):
     bad = tmp_path/'m'; shutil.copytree(market, bad)
     for f in (bad/'bounding_box_train').glob('*.jpg'): f.write_bytes(b'not a jpeg at all')   # whichever is drawn first
     assert cli_main(['train', '--dataset', 'market1501', '--root', str(bad), '--out', str(tmp_path/'o'), '--arch', 'resnet18',
-                     '--size', '64,32', '--pk', '4x4', '--workers', '1', '--epochs', '1', '--no-check']) == 1
+                     '--no-pretrained', '--size', '64,32', '--pk', '4x4', '--workers', '1', '--epochs', '1', '--no-check']) == 1
     err = capsys.readouterr().err
     assert 'bounding_box_train' in err and '.jpg' in err and 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.io
 
@@ -269,3 +270,30 @@ def test_small_preset_sizes(tmp_path):
     test = {p.name.split('_')[0] for p in (mk / 'query').iterdir()}
     n = sum(1 for _ in mk.rglob('*.jpg'))
     assert len(train) >= 50 and len(test) >= 50 and 1000 <= n <= 2000
+
+
+def _train_items(ds, preset):
+    "The train items (image paths, or tracklets as frame lists) and pids the `preset` plans for layout `ds` (nothing rendered)."
+    from iaunet_fastai.synthetic import _plan, _resolve
+    jobs, _, _ = _plan(ds, _resolve(preset, ds, {}), 0)
+    outs = [j['out'] for j in jobs if j['out'].split('/')[0] in ('bounding_box_train', 'bbox_train', 'train')]
+    if ds == 'market1501': return [[o] for o in outs], [int(o.split('/')[1][:4]) for o in outs]
+    key = (lambda o: o.split('F')[0]) if ds == 'mars' else (lambda o: o.rsplit('/', 1)[0])   # tracklet: name stem / folder
+    tracks = {}
+    for o in outs: tracks.setdefault(key(o), []).append(o)
+    return list(tracks.values()), [int(o.split('/')[1]) for o in tracks]
+
+
+@pytest.mark.parametrize('preset', ['small', 'medium'])
+def test_presets_sized_for_default_pk(preset):
+    "The default P×K sampler (P=16, K=4) draws every preset's train identities without repetition: `reid_dls` does not warn."
+    import warnings
+    from iaunet_fastai.data import reid_dls
+    for ds in ('market1501', 'mars', 'dukev'):
+        items, pids = _train_items(ds, preset)
+        col = 'path' if ds == 'market1501' else 'paths'
+        df = pd.DataFrame({col: [i[0] if ds == 'market1501' else i for i in items], 'pid': pids, 'camid': 0, 'split': 'train'})
+        assert df.groupby('pid').size().min() >= 4, ds
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')
+            reid_dls(df, size=(64, 32), num_workers=0, train_only=True)

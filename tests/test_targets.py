@@ -17,7 +17,7 @@ def worlds(tmp_path_factory):
 
 
 def _train_args(a, b, out):
-    return ['train', '--sources', f'market1501={a}', '--targets', f'market1501={a}', f'dukemtmc={b}', '--arch', 'resnet18',
+    return ['train', '--sources', f'market1501={a}', '--targets', f'market1501={a}', f'dukemtmc={b}', '--arch', 'resnet18', '--no-pretrained',
             '--epochs', '1', '--size', '64,32', '--pk', '4x4', '--workers', '0', '--no-check', '--out', str(out)]
 
 
