@@ -17,7 +17,7 @@ $(VENV)/.installed: settings.ini setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q $(TORCH_PAIR)
-	$(BIN)/pip install -q -e ".[dev,onnx]"
+	$(BIN)/pip install -q -e ".[dev,onnx,faiss]"
 	$(BIN)/python -c "import torch, torchvision.ops, fastai, timm, cv2; print('installed: torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	touch $@
 
