@@ -1,6 +1,7 @@
 """Everything a user needs: `from iaunet_fastai.all import *` (hand-kept; not exported from a notebook).
 Like `from fastai.vision.all import *` (which it includes first: Learner, callbacks, DataBlock, Path, np, torch ...),
 then every iaunet_fastai module, whose names win where both define one."""
+from . import core as _quiet_imports   # first: its warning filters silence two known import warnings of fastai/torch
 from fastai.vision.all import *
 from .core import *
 from .synthetic import *
