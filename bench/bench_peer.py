@@ -24,6 +24,7 @@ from iaunet_fastai.core import seed_everything
 from iaunet_fastai.synthetic import make_synthetic_reid
 from iaunet_fastai.metrics import evaluate_retrieval
 from bench_ablation import MODELS, KEYS, library_run, summary_rows, per_seed_rows, machine_line, ablation_md, CPU_RECIPE
+PEER = 'torchreid ImageTripletEngine'
 
 
 def torchreid_available() -> bool:
@@ -72,7 +73,7 @@ def torchreid_run(seed, root, epochs, size=(128, 64), P=16, K=4, lr=3e-4):
     res = evaluate_retrieval(qf, gf, qp, gp, qc, gc, metric='euclidean')          # torchreid's default protocol
     dist = torchreid.metrics.compute_distance_matrix(torch.from_numpy(qf), torch.from_numpy(gf), 'euclidean').numpy()
     cmc, mAP = evaluate_rank(dist, qp, gp, qc, gc, use_cython=True)
-    return dict(model='torchreid ImageTripletEngine', seed=seed, load=os.getloadavg(), images_per_s=round(n_seen / t, 1),
+    return dict(model=PEER, seed=seed, load=os.getloadavg(), images_per_s=round(n_seen / t, 1),
                 **{k: res[k] for k in KEYS}, torchreid_rank1=float(cmc[0]), torchreid_mAP=float(mAP),
                 cython=bool(IS_CYTHON_AVAI), n_query=len(qp), n_gallery=len(gp))
 
@@ -84,7 +85,7 @@ def peer_md(runs, a, have_peer) -> str:
              f"{max(abs(r['mAP'] - r['torchreid_mAP']) for r in peer):.1e} (Cython: {all(r['cython'] for r in peer)}); "
              f"{peer[0]['n_query']} queries, {peer[0]['n_gallery']} gallery images." if peer else
              'torchreid has no finished run yet.' if have_peer else 'torchreid was not importable: only the library rows ran.')
-    models = (['torchreid ImageTripletEngine'] if have_peer else []) + list(MODELS)
+    models = ([PEER] if have_peer else []) + list(MODELS)
     return '\n'.join([
         '## Side by side with torchreid (synthetic Market-1501, from scratch, CPU)', '',
         f"Command: `PYTHONPATH=/work/peers/pydeps:/work/peers/deep-person-reid .venv/bin/python bench/bench_peer.py --seeds "
@@ -123,6 +124,8 @@ def main(argv=None):
     p.add_argument('--no-peer', action='store_true', help='run the library rows only')
     p.add_argument('--no-ablation', action='store_true', help='do not rewrite bench/results/ablation.md')
     p.add_argument('--video', action='store_true', help='the tracklet side by side (bench/bench_peer_video.py)')
+    p.add_argument('--resume', action='store_true',
+                   help='keep the runs already in bench/results/peer-runs.json and run only the missing (model, seed) pairs')
     a, rest = p.parse_known_args(argv)
     if a.video:                                     # issue 31 adds bench/bench_peer_video.py with main(args, rest)
         if importlib.util.find_spec('bench_peer_video') is None: sys.exit('bench/bench_peer_video.py is not there yet')
@@ -132,11 +135,14 @@ def main(argv=None):
     have_peer = not a.no_peer and torchreid_available()
     tmp = Path(tempfile.mkdtemp())
     peer_seeds = a.seeds if a.peer_seeds is None else a.peer_seeds
-    runs = []
+    saved = ROOT/'bench'/'results'/'peer-runs.json'
+    runs = json.loads(saved.read_text()) if a.resume and saved.exists() else []
+    done = {(r['model'], r['seed']) for r in runs}
     for seed in a.seeds:
-        jobs = [lambda: torchreid_run(seed, torchreid_world(tmp, a.preset), a.epochs, P=a.P)] if have_peer and seed in peer_seeds else []
-        jobs += [lambda name=name: library_run(name, seed, tmp, a.epochs, a.arch, a.preset, P=a.P) for name in MODELS]
-        for job in jobs:
+        jobs = [(PEER, lambda: torchreid_run(seed, torchreid_world(tmp, a.preset), a.epochs, P=a.P))] if have_peer and seed in peer_seeds else []
+        jobs += [(name, lambda name=name: library_run(name, seed, tmp, a.epochs, a.arch, a.preset, P=a.P)) for name in MODELS]
+        for name, job in jobs:
+            if (name, seed) in done: continue
             runs.append(job()); print(json.dumps(runs[-1]), flush=True)
             write_results(runs, a, have_peer)             # after every run: a stopped benchmark leaves what it measured
     print((ROOT/'bench'/'results'/'peer.md').read_text())

@@ -4,6 +4,7 @@ then every iaunet_fastai module, whose names win where both define one."""
 from . import core as _quiet_imports   # first: its warning filters silence two known import warnings of fastai/torch
 from fastai.vision.all import *
 from .core import *
+from . import config as reid_defaults   # every default written once (ARCH, IMG_SIZE, P, K, ...)
 from .synthetic import *
 from .datasets import *
 from .data import *

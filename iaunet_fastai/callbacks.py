@@ -8,6 +8,7 @@ __all__ = ['GALLERY_PROTOCOLS', 'ComputedMetric', 'RetrievalMetric', 'check_gall
 
 # %% ../nbs/09_callbacks.ipynb #7fed225f
 from .core import *
+from .compat import recorder_valid_metrics
 import math, warnings
 import numpy as np
 import torch
@@ -98,7 +99,7 @@ class RetrievalEvaluator(Callback):
         "In unscored epochs, per-pass columns (`valid_loss`, ...) show the last scored epoch's values (NaN before any)."
         r = getattr(self.learn, 'recorder', None)
         if not (self._in_fit and getattr(self, '_validated', False)) or r is None: return   # e.g. an epoch skipped on resume
-        mets = list(r._valid_mets)
+        mets = recorder_valid_metrics(r)
         first = len(r.log) - len(mets)                    # the Recorder (order 50) adds the time after this
         per_pass = [first + i for i, m in enumerate(mets) if not isinstance(m, ComputedMetric)]
         if self._active: self._last = {i: r.log[i] for i in per_pass}

@@ -9,6 +9,7 @@ __all__ = ['SUBCOMMANDS', 'main', 'run_subcommand']
 import sys, importlib
 from fastcore.script import anno_parser
 from .core import *
+from .compat import parser_actions, is_store_false
 
 SUBCOMMANDS = {
     'synth':   ('iaunet_fastai.synthetic:synth_cli',   'write the synthetic reID world (Market-1501, MARS, DukeMTMC-VideoReID layouts)'),
@@ -52,9 +53,9 @@ def main(argv=None):
 def _positive_flags(p):
     "For each `--no-x` flag (a bool option whose default is True) accept `--x` too (a no-op that states the default)."
     import argparse
-    for a in list(p._actions):
+    for a in parser_actions(p):
         for o in a.option_strings:
-            if o.startswith('--no-') and isinstance(a, argparse._StoreFalseAction):
+            if o.startswith('--no-') and is_store_false(a):
                 p.add_argument('--' + o[5:], dest=a.dest, action='store_true', help=argparse.SUPPRESS)
 
 def run_subcommand(fn, argv, prog=None):

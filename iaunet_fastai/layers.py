@@ -9,6 +9,7 @@ __all__ = ['MATMUL_PRECISIONS', 'fp32_region', 'init_new_layers', 'conv_bn', 'Ma
 
 # %% ../nbs/05_layers.ipynb #75040559
 from .core import *
+from .compat import BatchNormBase
 import math, contextlib
 import torch
 import torch.nn as nn
@@ -28,7 +29,7 @@ def init_new_layers(m:nn.Module):
         if isinstance(l, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
             nn.init.kaiming_normal_(l.weight, mode='fan_out', nonlinearity='relu')
             if l.bias is not None: nn.init.zeros_(l.bias)
-        elif isinstance(l, nn.modules.batchnorm._BatchNorm):
+        elif isinstance(l, BatchNormBase):
             nn.init.ones_(l.weight); nn.init.zeros_(l.bias)
     return m
 

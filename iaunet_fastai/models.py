@@ -9,6 +9,7 @@ __all__ = ['NECKS', 'PAPER_ARCH', 'scratch_timm_kwargs', 'reset_zero_norms', 'ch
 
 # %% ../nbs/06_models.ipynb #0217e50b
 from .core import *
+from .compat import BatchNormBase
 from .layers import *
 import warnings, math, operator
 from pathlib import Path
@@ -28,7 +29,7 @@ def scratch_timm_kwargs(arch:str, **kwargs) -> dict:
 
 def reset_zero_norms(model:nn.Module) -> list:
     "Set every all-zero BatchNorm weight of `model` to 1 (a zero-initialised residual branch); returns their names."
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    names = [n for n, m in model.named_modules() if isinstance(m, BatchNormBase)
              and m.weight is not None and not m.weight.is_meta and bool((m.weight == 0).all())]
     with torch.no_grad():
         for n in names: model.get_submodule(n).weight.fill_(1.)
