@@ -6,12 +6,12 @@
 __all__ = ['PRIVATE_NAMES', 'BatchNormBase', 'resolve_private', 'check_private_names', 'recorder_valid_metrics', 'parser_actions',
            'is_store_false']
 
-# %% ../nbs/00b_compat.ipynb #a4f49640
+# %% ../nbs/00b_compat.ipynb #f71316e9
 import argparse, importlib
 import torch
 from torch import nn
 
-# %% ../nbs/00b_compat.ipynb #ae837db2
+# %% ../nbs/00b_compat.ipynb #735966a2
 PRIVATE_NAMES = {
     'torch.nn.modules.batchnorm._BatchNorm': 'the common base of BatchNorm1d/2d/3d and SyncBatchNorm (init, freezing)',
     'fastai.learner.Recorder._valid_mets': 'the metrics of the validation pass, in the order of the log columns',
@@ -19,7 +19,7 @@ PRIVATE_NAMES = {
     'argparse._StoreFalseAction': 'recognises the `--no-x` flags',
 }
 
-# %% ../nbs/00b_compat.ipynb #4c370f00
+# %% ../nbs/00b_compat.ipynb #e4754a4c
 def resolve_private(name:str):
     "The object a dotted `name` of `PRIVATE_NAMES` refers to; `Cls()` stands for an instance (instance attributes)."
     parts = name.split('.')
@@ -30,7 +30,7 @@ def resolve_private(name:str):
         return obj
     raise ImportError(name)
 
-# %% ../nbs/00b_compat.ipynb #69bacb5f
+# %% ../nbs/00b_compat.ipynb #7fc9f63f
 def _versions():
     import fastai, fastcore
     return f"torch {torch.__version__}, fastai {fastai.__version__}, fastcore {fastcore.__version__}"
@@ -44,14 +44,14 @@ def check_private_names(names=None):
     if missing: raise RuntimeError(f"private names gone in {_versions()}: {', '.join(missing)} "
                                    "(see iaunet_fastai/compat.py for what each is used for)")
 
-# %% ../nbs/00b_compat.ipynb #f154936d
+# %% ../nbs/00b_compat.ipynb #f593e686
 BatchNormBase = nn.modules.batchnorm._BatchNorm   # the base class of every BatchNorm (1d/2d/3d, SyncBatchNorm)
 
 def recorder_valid_metrics(recorder) -> list:
     "The metrics a fastai `Recorder` logs for the validation pass (`valid_loss` first), in column order."
     return list(recorder._valid_mets)
 
-# %% ../nbs/00b_compat.ipynb #48b04779
+# %% ../nbs/00b_compat.ipynb #711cadf8
 def parser_actions(p:argparse.ArgumentParser) -> list:
     "The options of an `argparse` parser (help, flags, positionals), in the order they were added."
     return list(p._actions)
