@@ -6,7 +6,7 @@ computed once per validation (optionally every n epochs, with flip test-time aug
 # %% auto #0
 __all__ = ['GALLERY_PROTOCOLS', 'ComputedMetric', 'RetrievalMetric', 'check_gallery', 'resolve_gallery', 'RetrievalEvaluator']
 
-# %% ../nbs/09_callbacks.ipynb #7fed225f
+# %% ../nbs/09_callbacks.ipynb #786adcc4
 from .core import *
 from .compat import recorder_valid_metrics
 import math, warnings
@@ -18,7 +18,7 @@ from fastai.callback.core import Callback
 from fastai.learner import Metric
 from .metrics import evaluate_retrieval, aggregate_tracklets, query_gallery_split
 
-# %% ../nbs/09_callbacks.ipynb #931e3dd9
+# %% ../nbs/09_callbacks.ipynb #51659ff9
 class ComputedMetric(Metric):
     """A progress-table column whose value is `source.compute()[key]` (`default` while `compute()` gives None):
     for numbers that a callback computes once per epoch rather than accumulates per batch."""
@@ -36,7 +36,7 @@ class RetrievalMetric(ComputedMetric):
     "One number (`key` of `evaluate_retrieval`'s result) of a `RetrievalEvaluator`, as a fastai `Metric` (nan before any)."
     def __init__(self, evaluator, key): super().__init__(evaluator, key, default=math.nan)
 
-# %% ../nbs/09_callbacks.ipynb #7377a426
+# %% ../nbs/09_callbacks.ipynb #8a749b59
 GALLERY_PROTOCOLS = {'all': "MARS official protocol (the gallery includes the queries; gallery='non_query' removes them, as torchreid does)",
                      'non_query': "queries removed from the gallery (gallery='non_query'; gallery='all' keeps them, MARS's official protocol)"}
 
@@ -50,8 +50,7 @@ def resolve_gallery(gallery=None, dls=None):
     "`gallery` when given, else the protocol `dls` records (`eval_gallery`: 'all' for MARS), else 'non_query'."
     return check_gallery(gallery) or getattr(dls, 'eval_gallery', None) or 'non_query'
 
-
-# %% ../nbs/09_callbacks.ipynb #9f75f14b
+# %% ../nbs/09_callbacks.ipynb #dcc0eb34
 warnings.filterwarnings('ignore', message='Your generator is empty', module='fastprogress')   # the bar of a skipped pass
 
 class _NoBatches:
