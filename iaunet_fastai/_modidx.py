@@ -1107,6 +1107,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                     'iaunet_fastai/train_callbacks.py'),
                                                'iaunet_fastai.train_callbacks._augments': ( 'train_callbacks.html#_augments',
                                                                                             'iaunet_fastai/train_callbacks.py'),
+                                               'iaunet_fastai.train_callbacks._load_model_and_opt': ( 'train_callbacks.html#_load_model_and_opt',
+                                                                                                      'iaunet_fastai/train_callbacks.py'),
                                                'iaunet_fastai.train_callbacks._redo_stopped_epoch': ( 'train_callbacks.html#_redo_stopped_epoch',
                                                                                                       'iaunet_fastai/train_callbacks.py'),
                                                'iaunet_fastai.train_callbacks._restore_smooth_loss': ( 'train_callbacks.html#_restore_smooth_loss',

@@ -112,7 +112,7 @@ def from_checkpoint(cls:ResumeState, ck:dict):
         st.loss_terms = None if p.get('loss_terms') is None else dict(acc=p['loss_terms'], count=p.get('count', 0))
     return st
 
-# %% ../nbs/10c_train_callbacks.ipynb #cd2bf039
+# %% ../nbs/10c_train_callbacks.ipynb #05c82f29
 def save_checkpoint(learn, fname, epoch, stopped:StoppedAt=None):
     """Write a resumable checkpoint of `learn` after `epoch` to `fname`, atomically; `stopped` (from `TrainCheckpoint`
     when a signal stops a run inside the next epoch) records how far that epoch got."""
@@ -121,6 +121,18 @@ def save_checkpoint(learn, fname, epoch, stopped:StoppedAt=None):
               **ResumeState.capture(learn, epoch, stopped).to_checkpoint())
     save_atomic(ck, fname)
     return fname
+
+def _load_model_and_opt(learn, ck, fname):
+    "Load the checkpoint's weights and optimizer state into `learn` (the state tensors on their parameters' device)."
+    try: learn.model.load_state_dict(ck['model'])
+    except RuntimeError as e: raise ReIDInputError(f"'{fname}' does not fit this model (other options?): {str(e)[:300]}") from None
+    learn.model.to(getattr(learn.dls, 'device', None) or torch.device('cpu'))
+    if learn.opt is None: learn.create_opt()
+    learn.opt.load_state_dict(ck['opt'])
+    st = getattr(learn.opt, 'state', None)
+    for p, s in (st.items() if isinstance(st, dict) else ()):
+        for k, v in s.items():
+            if isinstance(v, torch.Tensor): s[k] = v.to(p.device)
 
 # %% ../nbs/10c_train_callbacks.ipynb #fbf34b52
 def _redo_stopped_epoch(st, fname):

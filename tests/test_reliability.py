@@ -42,14 +42,6 @@ def _kw(market, **kw):
 def _files(root): return sorted(str(p.relative_to(root)) for p in Path(root).rglob('*'))
 
 
-@pytest.fixture(scope='module')
-def run(market, tmp_path_factory):
-    "One finished 1-epoch run (model.pth, metrics.json, config.json, history.csv, checkpoint.pth)."
-    out = tmp_path_factory.mktemp('run')/'r'
-    assert train_cli(**_kw(market), out=str(out)) == 0
-    return out
-
-
 # ---------------------------------------------------------------- 1. no silent synthetic fallback, nothing written into a root
 def test_train_needs_a_named_or_recognised_dataset_and_writes_nothing_into_the_root(market, tmp_path):
     mine = tmp_path/'my_data'; (mine/'photos').mkdir(parents=True); (mine/'photos'/'a.txt').write_text('x')

@@ -56,14 +56,6 @@ def messy_run(market, tmp_path_factory):
     return dict(out=out, rc=rc, stale=stale)
 
 
-@pytest.fixture(scope='module')
-def run(market, tmp_path_factory):
-    "A finished 1-epoch run (model.pth, checkpoint.pth, config.json, history.csv, metrics.json)."
-    out = tmp_path_factory.mktemp('run')/'r'
-    assert train_cli(**_kw(market), out=str(out)) == 0
-    return out
-
-
 @contextlib.contextmanager
 def small_disk(tmp_path, kb):
     "A folder on a tmpfs of `kb` KiB (tests run as root); None where mounting is not allowed."
