@@ -147,7 +147,7 @@ def _check_video_options(dataset, video, seq_len, is_video):
     if seq_len != SEQ_LEN and not is_video:
         raise ReIDInputError(f"--seq-len sets the frames per clip of a video dataset; {dataset} is an image dataset: leave --seq-len out")
 
-# %% ../nbs/10k_commands.ipynb #5eee54e7
+# %% ../nbs/10k_commands.ipynb #8440f1cf
 def _train_data(o):
     "`(df, gallery, protocol, galleries)` of the run: one dataset (`galleries` None) or the --sources/--targets union."
     if o.sources or o.targets:                                        # cross-domain (`targets` module)
@@ -170,6 +170,7 @@ def _run_options(o, is_video, out):
     resolved = lambda p: str(Path(p).expanduser().resolve()) if p else None
     return dict(opts, root=resolved(o.root), video=is_video, masks=str(Path(o.masks).resolve()) if o.masks else None, out=str(out))
 
+# %% ../nbs/10k_commands.ipynb #e018f3c1
 def _read_json(p):
     try: return json.loads(Path(p).read_text())
     except (OSError, ValueError): return {}
@@ -199,7 +200,7 @@ def _write_config(out, opts, data, resume, changes, files_changed):
     else: return
     with atomic_path(out/'config.json') as tmp: tmp.write_text(json.dumps(cfg, indent=1))
 
-# %% ../nbs/10k_commands.ipynb #59b69ff3
+# %% ../nbs/10k_commands.ipynb #4782ac53
 def _build_learner(o, dls, gallery, galleries):
     "The learner of the run's options (precision, layout, compile), with the progress table or the per-target evaluator."
     from iaunet_fastai.config import IAU_STAGES
@@ -208,6 +209,13 @@ def _build_learner(o, dls, gallery, galleries):
     if o.channels_last: learn = learn.to_channelslast(use_amp=False)
     if o.precision != 'fp32': learn = learn.to_bf16() if o.precision == 'bf16' else learn.to_fp16()
     return learn
+
+def _evaluator(dls, galleries, every):
+    "`iaunet_learner` keywords: the progress table, and for cross-domain runs a `TargetEvaluator` (columns per target)."
+    if galleries is None: return dict(cbs=ConsoleTable())
+    from iaunet_fastai.targets import TargetEvaluator
+    ev = TargetEvaluator(dls, galleries, every=every)
+    return dict(cbs=[ConsoleTable(), ev], metrics=ev.metrics)
 
 def _resume_state(learn, o, out) -> ResumeState:
     "The state the fit starts from: a resumed run's checkpoint (its history trimmed to it), else a fresh `ResumeState`."
@@ -232,7 +240,7 @@ def _run_callbacks(out, st, stack):
     except ImportError: pass
     return guard, stop, cbs
 
-# %% ../nbs/10k_commands.ipynb #cfa5fcdb
+# %% ../nbs/10k_commands.ipynb #118201a4
 def _worker_error(e):
     "A one-line `ReIDInputError` from an error raised in a DataLoader worker (its last line names the file), else None."
     msg = str(e)
@@ -240,6 +248,13 @@ def _worker_error(e):
     last = [l for l in msg.strip().splitlines() if l.strip()][-1].strip()
     if ': ' in last and last.split(': ', 1)[0].replace('.', '').replace('_', '').isalnum(): last = last.split(': ', 1)[1]
     return ReIDInputError(f"data loading failed: {last}")
+
+def _distrib(learn):
+    "`learn.distrib_ctx()` when started by `accelerate launch` with several processes, else a no-op context."
+    from fastai.torch_core import num_distrib
+    if num_distrib() <= 1: return contextlib.nullcontext()
+    from iaunet_fastai.distributed import reid_distrib_ctx   # fastai's distrib_ctx, gloo/CPU-capable, metrics gathered
+    return reid_distrib_ctx(learn)
 
 def _fit(learn, o, start, cbs):
     "Fit with the run's schedule from epoch `start` (nothing when the run is done); a loader worker's error in one line."
@@ -287,26 +302,12 @@ def _train(o, changes, stack):
         return 128 + int(stop.signal)
     return _finish(learn, out, protocol)
 
-# %% ../nbs/10k_commands.ipynb #d78800cc
+# %% ../nbs/10k_commands.ipynb #0692e988
 def _kept(out):
     ck = out/'checkpoint.pth'
     if not ck.is_file(): return "; nothing was saved"
     return (f"; the last good checkpoint '{ck}' is kept (`iaunet train --resume --out {out} --lr <lower> --allow-changes` "
             "continues from it)")
-
-def _evaluator(dls, galleries, every):
-    "`iaunet_learner` keywords: the progress table, and for cross-domain runs a `TargetEvaluator` (columns per target)."
-    if galleries is None: return dict(cbs=ConsoleTable())
-    from iaunet_fastai.targets import TargetEvaluator
-    ev = TargetEvaluator(dls, galleries, every=every)
-    return dict(cbs=[ConsoleTable(), ev], metrics=ev.metrics)
-
-def _distrib(learn):
-    "`learn.distrib_ctx()` when started by `accelerate launch` with several processes, else a no-op context."
-    from fastai.torch_core import num_distrib
-    if num_distrib() <= 1: return contextlib.nullcontext()
-    from iaunet_fastai.distributed import reid_distrib_ctx   # fastai's distrib_ctx, gloo/CPU-capable, metrics gathered
-    return reid_distrib_ctx(learn)
 
 def final_metrics(learn) -> dict:
     "The retrieval results of the last evaluation of `learn` (runs `learn.validate()` if there is none yet)."
@@ -373,7 +374,7 @@ def eval_cli(model:str,                 # model file from `iaunet train` (model.
     if out: _write_results(res, out, protocol)
     return 0
 
-# %% ../nbs/10k_commands.ipynb #5a4a88af
+# %% ../nbs/10k_commands.ipynb #9225d80a
 def _read_list(src):
     "Items of a list file: one image path per line, or one tracklet per line (frame paths separated by ';')."
     lines = [l.strip() for l in src.read_text().splitlines() if l.strip() and not l.lstrip().startswith('#')]
@@ -404,6 +405,7 @@ def _check_space(out, n, dim, name_len):
         raise ReIDInputError(f"no space left on the disk of '{Path(out).absolute().parent}' for '{out}': it needs about "
                              f"{need / 2**10:.0f} KiB, {free / 2**10:.0f} KiB are free; free some space or choose another --out")
 
+# %% ../nbs/10k_commands.ipynb #f4264143
 def extract_cli(model:str,              # model file from `iaunet train` (model.pth) or a fastai export (.pkl, trusted files only)
                 images:str,             # a folder of images (searched recursively); a list file (one image per line, or one tracklet per line: frame paths joined by ';'); or with --dataset a dataset root
                 dataset:str=None,       # embed every item (tracklets for video datasets) of this dataset at `images` (the root); adds pids, camids, splits

@@ -255,7 +255,7 @@ def prid2011_df(root, split=0):
     return _two_cam_df([name(p) for p in sp['train']], [name(p) for p in sp['test']], cams,
                        lambda p: int(re.sub(r'\D', '', p)), 'PRID2011')
 
-# %% ../nbs/02_datasets.ipynb #2e5e73ac
+# %% ../nbs/02_datasets.ipynb #90488cb5
 def _is_int(s) -> bool:
     try: int(s); return True
     except (TypeError, ValueError): return False
@@ -302,6 +302,7 @@ def folder_df(root, pattern=MARKET_PAT, splits=None, camid_base=None, strict=Tru
     for s, sub in splits.items(): _check_split(df, s, root/sub)
     return df
 
+# %% ../nbs/02_datasets.ipynb #5db62c6b
 def check_id_columns(df, cols=('pid', 'camid'), where='df'):
     """`df` with integer `pid`/`camid` columns; strings, NaN and non-integer numbers raise `ReIDInputError` with counts
     (integral floats such as 3.0 are accepted)."""
@@ -323,6 +324,7 @@ def check_id_columns(df, cols=('pid', 'camid'), where='df'):
         df[c] = num.astype(np.int64)
     return df
 
+# %% ../nbs/02_datasets.ipynb #3ede411e
 def csv_df(csv, root=None, sep=';'):
     "Read a CSV with `path` (or `sep`-separated `paths`), `pid`, `camid`, `split`; paths made absolute and checked."
     csv = Path(csv)
