@@ -6,7 +6,8 @@ into one canonical DataFrame."""
 # %% auto #0
 __all__ = ['MARKET_PAT', 'DATASETS', 'VIDEO_DATASETS', 'market_like_df', 'market1501_df', 'dukemtmc_df', 'cuhk03_df', 'msmt17_df',
            'mars_df', 'dukev_df', 'ilidsvid_df', 'prid2011_df', 'folder_df', 'check_id_columns', 'csv_df',
-           'combine_datasets', 'DatasetEntry', 'register_dataset', 'detect_dataset', 'resolve_dataset', 'dataset_df']
+           'read_item_list', 'combine_datasets', 'DatasetEntry', 'register_dataset', 'detect_dataset',
+           'resolve_dataset', 'dataset_df']
 
 # %% ../nbs/02_datasets.ipynb #944b85f6
 from .core import *
@@ -352,6 +353,15 @@ def csv_df(csv, root=None, sep=';'):
     df = df[df.pid != -1].reset_index(drop=True)
     if video and 'n_frames' not in df: df['n_frames'] = df['paths'].map(len)
     return df
+
+# %% ../nbs/02_datasets.ipynb #6bb830f4
+def read_item_list(src) -> list:
+    "Items of a list file: one image path per line, or one tracklet per line (frame paths separated by ';')."
+    src = Path(src)
+    lines = [l.strip() for l in src.read_text().splitlines() if l.strip() and not l.lstrip().startswith('#')]
+    absp = lambda s: str(Path(s) if Path(s).is_absolute() else src.parent/s)
+    if any(';' in l for l in lines): return [[absp(s.strip()) for s in l.split(';') if s.strip()] for l in lines]
+    return [absp(l) for l in lines]
 
 # %% ../nbs/02_datasets.ipynb #003ac2b6
 def combine_datasets(dfs, sources=None, targets=None) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from iaunet_fastai.all import *
 from iaunet_fastai import part_masks as pmod
-from iaunet_fastai.commands import train_cli, eval_cli, extract_cli, mars_gallery, _worker_error
+from iaunet_fastai.commands import train_cli, eval_cli, extract_cli, _worker_error
 from iaunet_fastai.core import check_out_dir
 from iaunet_fastai.run_guards import check_query_gallery
 from iaunet_fastai.inference import load_model_file
@@ -217,7 +217,7 @@ def test_16bit_png_is_scaled_not_clipped(tmp_path):
 
 
 def test_mars_protocol_is_the_same_in_train_and_eval(world, tmp_path, capsys):
-    from iaunet_fastai.commands import mars_gallery
+    from iaunet_fastai.callbacks import mars_gallery
     assert mars_gallery('mars', False, 'official')[0] == 'all' and mars_gallery('synthetic', True, 'official')[0] == 'all'
     assert mars_gallery('mars', False, 'torchreid')[0] == 'non_query'
     with pytest.raises(ReIDInputError, match='--mars-protocol'): mars_gallery('mars', False, 'other')
