@@ -7,14 +7,14 @@ computed once per validation (optionally every n epochs, with flip test-time aug
 __all__ = ['GALLERY_PROTOCOLS', 'MARS_PROTOCOLS', 'ComputedMetric', 'RetrievalMetric', 'check_gallery', 'resolve_gallery',
            'mars_gallery', 'RetrievalEvaluator']
 
-# %% ../nbs/09_callbacks.ipynb #786adcc4
+# %% ../nbs/09_callbacks.ipynb #13026a1c
 from .core import *
 from .compat import recorder_valid_metrics
 import math, warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fastcore.basics import store_attr
+from fastcore.basics import store_attr, patch
 from fastai.callback.core import Callback
 from fastai.learner import Metric
 from .metrics import evaluate_retrieval, aggregate_tracklets, query_gallery_split
@@ -63,7 +63,7 @@ def mars_gallery(dataset, video, protocol):
                ('non_query', 'mars-torchreid (queries removed from the gallery)')
     return 'non_query', 'market (query vs gallery, same camera and identity excluded)'
 
-# %% ../nbs/09_callbacks.ipynb #dcc0eb34
+# %% ../nbs/09_callbacks.ipynb #f9046c6a
 warnings.filterwarnings('ignore', message='Your generator is empty', module='fastprogress')   # the bar of a skipped pass
 
 class _NoBatches:
@@ -98,62 +98,71 @@ class RetrievalEvaluator(Callback):
     def before_epoch(self): self._validated = False
     def after_fit(self): self._in_fit = False
 
-    def before_validate(self):
-        e, n = getattr(self, 'epoch', 0), getattr(self, 'n_epoch', 1)
-        self._active = not self._in_fit or (e + 1) % self.every == 0 or e == n - 1
-        self._store, self._pending, self._validated = [], self._active, True
-        if not self._active: self.learn.dl = _NoBatches(self.learn.dl)   # skip the pass itself, not only the scoring
+# %% ../nbs/09_callbacks.ipynb #cbabe3af
+@patch
+def before_validate(self:RetrievalEvaluator):
+    e, n = getattr(self, 'epoch', 0), getattr(self, 'n_epoch', 1)
+    self._active = not self._in_fit or (e + 1) % self.every == 0 or e == n - 1
+    self._store, self._pending, self._validated = [], self._active, True
+    if not self._active: self.learn.dl = _NoBatches(self.learn.dl)   # skip the pass itself, not only the scoring
 
-    def after_validate(self):
-        if isinstance(self.learn.dl, _NoBatches): self.learn.dl = self.learn.dl.dl
+@patch
+def after_validate(self:RetrievalEvaluator):
+    if isinstance(self.learn.dl, _NoBatches): self.learn.dl = self.learn.dl.dl
 
-    def after_epoch(self):
-        "In unscored epochs, per-pass columns (`valid_loss`, ...) show the last scored epoch's values (NaN before any)."
-        r = getattr(self.learn, 'recorder', None)
-        if not (self._in_fit and getattr(self, '_validated', False)) or r is None: return   # e.g. an epoch skipped on resume
-        mets = recorder_valid_metrics(r)
-        first = len(r.log) - len(mets)                    # the Recorder (order 50) adds the time after this
-        per_pass = [first + i for i, m in enumerate(mets) if not isinstance(m, ComputedMetric)]
-        if self._active: self._last = {i: r.log[i] for i in per_pass}
-        else:
-            for i in per_pass: r.log[i] = self._last.get(i, math.nan)
+@patch
+def after_epoch(self:RetrievalEvaluator):
+    "In unscored epochs, per-pass columns (`valid_loss`, ...) show the last scored epoch's values (NaN before any)."
+    r = getattr(self.learn, 'recorder', None)
+    if not (self._in_fit and getattr(self, '_validated', False)) or r is None: return   # e.g. an epoch skipped on resume
+    mets = recorder_valid_metrics(r)
+    first = len(r.log) - len(mets)                    # the Recorder (order 50) adds the time after this
+    per_pass = [first + i for i, m in enumerate(mets) if not isinstance(m, ComputedMetric)]
+    if self._active: self._last = {i: r.log[i] for i in per_pass}
+    else:
+        for i in per_pass: r.log[i] = self._last.get(i, math.nan)
 
-    def after_pred(self):
-        if self.training or not self._active: return
-        b = tuple(self.xb) + tuple(self.yb)
-        if len(b) < 5: return                             # not an eval batch (e.g. get_preds on the train set)
-        pid, camid, isq, item = b[-4:]
-        f = self.pred
-        if not isinstance(f, torch.Tensor) or f.ndim != 2:
-            raise ReIDInputError(f"RetrievalEvaluator: the model must return [B, D] embeddings in eval mode, got "
-                                 f"{type(f).__name__} {getattr(f, 'shape', '')}")
-        f = f.detach().float()
-        if self.flip_tta:
-            with torch.no_grad(): f2 = self.model(*[x.flip(-1) for x in self.xb]).float()
-            f = F.normalize(f + f2, dim=1)
-        self._store.append(tuple(t.detach().cpu() for t in (f, pid, camid, isq, item)))
+# %% ../nbs/09_callbacks.ipynb #b268a815
+@patch
+def after_pred(self:RetrievalEvaluator):
+    if self.training or not self._active: return
+    b = tuple(self.xb) + tuple(self.yb)
+    if len(b) < 5: return                             # not an eval batch (e.g. get_preds on the train set)
+    pid, camid, isq, item = b[-4:]
+    f = self.pred
+    if not isinstance(f, torch.Tensor) or f.ndim != 2:
+        raise ReIDInputError(f"RetrievalEvaluator: the model must return [B, D] embeddings in eval mode, got "
+                             f"{type(f).__name__} {getattr(f, 'shape', '')}")
+    f = f.detach().float()
+    if self.flip_tta:
+        with torch.no_grad(): f2 = self.model(*[x.flip(-1) for x in self.xb]).float()
+        f = F.normalize(f + f2, dim=1)
+    self._store.append(tuple(t.detach().cpu() for t in (f, pid, camid, isq, item)))
 
-    def compute(self):
-        "Evaluate the collected embeddings once per validation; returns the result dict (None before any)."
-        if not self._pending: return self.results
-        self._pending = False
-        if not self._store: return self.results           # no eval batch seen (get_preds on train/test, summary): nothing to score
-        self.results = self.evaluate(*self.collected())
-        return self.results
+@patch
+def compute(self:RetrievalEvaluator):
+    "Evaluate the collected embeddings once per validation; returns the result dict (None before any)."
+    if not self._pending: return self.results
+    self._pending = False
+    if not self._store: return self.results           # no eval batch seen (get_preds on train/test, summary): nothing to score
+    self.results = self.evaluate(*self.collected())
+    return self.results
 
-    def collected(self):
-        """The collected evaluation set, one row per image or tracklet: `(feats, pids, camids, is_query, items)`
-        (`items`: rows of `pd.concat([dls.query_df, dls.gallery_df])`); empties the store."""
-        from iaunet_fastai.distributed import gather_eval_set   # under distributed evaluation: every process's rows
-        f, pid, cam, isq, item = gather_eval_set(self._store, getattr(getattr(self, 'learn', None), 'dl', None))
-        self._store = []
-        isq = isq.bool()
-        key = item.long() * 2 + isq.long()                # items of the query and gallery sets may share numbers
-        tf, ids = aggregate_tracklets(f, key)
-        first = torch.zeros(int(key.max()) + 1, dtype=torch.long).index_copy_(0, key.flip(0), torch.arange(len(key) - 1, -1, -1))[ids]
-        return tf, pid[first], cam[first], isq[first], item[first]
+@patch
+def collected(self:RetrievalEvaluator):
+    """The collected evaluation set, one row per image or tracklet: `(feats, pids, camids, is_query, items)`
+    (`items`: rows of `pd.concat([dls.query_df, dls.gallery_df])`); empties the store."""
+    from iaunet_fastai.distributed import gather_eval_set   # under distributed evaluation: every process's rows
+    f, pid, cam, isq, item = gather_eval_set(self._store, getattr(getattr(self, 'learn', None), 'dl', None))
+    self._store = []
+    isq = isq.bool()
+    key = item.long() * 2 + isq.long()                # items of the query and gallery sets may share numbers
+    tf, ids = aggregate_tracklets(f, key)
+    first = torch.zeros(int(key.max()) + 1, dtype=torch.long).index_copy_(0, key.flip(0), torch.arange(len(key) - 1, -1, -1))[ids]
+    return tf, pid[first], cam[first], isq[first], item[first]
 
-    def evaluate(self, feats, pids, camids, is_query, items) -> dict:
-        "Retrieval metrics of the collected set (a subclass may score it differently, e.g. per target dataset)."
-        parts = query_gallery_split(feats, pids, camids, is_query, resolve_gallery(self.gallery, getattr(self, 'dls', None)))
-        return evaluate_retrieval(*parts, metric=self.metric, **self.eval_kwargs)
+@patch
+def evaluate(self:RetrievalEvaluator, feats, pids, camids, is_query, items) -> dict:
+    "Retrieval metrics of the collected set (a subclass may score it differently, e.g. per target dataset)."
+    parts = query_gallery_split(feats, pids, camids, is_query, resolve_gallery(self.gallery, getattr(self, 'dls', None)))
+    return evaluate_retrieval(*parts, metric=self.metric, **self.eval_kwargs)

@@ -18,7 +18,7 @@ from .models import IAUnet, VideoIAUnet
 from .data import load_reid_image, eval_clips, image_values, frame_items
 import pandas as pd
 
-# %% ../nbs/10b_inference.ipynb #5075b9e5
+# %% ../nbs/10b_inference.ipynb #4e696746
 import warnings
 from .models import _plain
 from .interpret import _dls_attr
@@ -51,6 +51,7 @@ def save_reid_model(learn_or_model, fname):
     save_atomic(out, fname)
     return fname
 
+# %% ../nbs/10b_inference.ipynb #7b0f6fd4
 def _complete_config(cfg, sd, fname):
     "Fill the options a file written before `CONFIG_VERSION` 2 lacks with the values it was trained with (warning)."
     cfg = dict(cfg)
