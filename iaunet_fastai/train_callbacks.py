@@ -43,14 +43,15 @@ def weights_only_containers(o):
     if isinstance(o, (list, tuple)) or type(o).__name__ == 'L': return [weights_only_containers(v) for v in o]
     return o
 
-# %% ../nbs/10c_train_callbacks.ipynb #3671f133
+# %% ../nbs/10c_train_callbacks.ipynb #8bf79641
 def _augments(learn):
     "The `ReIDAugment`s of the training loader's batch transforms (each has its own generator)."
     return [f for f in getattr(learn.dls.train.after_batch, 'fs', []) if callable(getattr(f, 'load_state_dict', None))]
 
 def _sampler(learn):
-    "The training loader if it draws its order per epoch (`set_epoch`/`epoch`: the P×K loader), else None."
+    "The training loader if it draws its order per epoch (`set_epoch`/`epoch`: the P×K loader, also inside fastai's `DistributedDL`), else None."
     dl = learn.dls.train
+    dl = dl if callable(getattr(type(dl), 'set_epoch', None)) else getattr(dl, 'dl', None)   # `DistributedDL` wraps it as `.dl`
     return dl if callable(getattr(type(dl), 'set_epoch', None)) else None
 
 def _smooth_loss(learn):
