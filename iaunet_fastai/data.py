@@ -213,6 +213,14 @@ class ReIDAugment(Transform):
         if self.rng is None: self.rng = np.random.default_rng(global_seed())
         return self.rng
 
+    def state_dict(self) -> dict:
+        "The state of its random generator (what a resumed run needs to draw the same flips and boxes)."
+        return {'rng': self._rng().bit_generator.state}
+
+    def load_state_dict(self, d:dict):
+        "Restore the generator state `state_dict` returned."
+        self._rng().bit_generator.state = d['rng']
+
     def erase_boxes(self, erase, H, W, tries=100):
         "Row and column masks `[B, H]`, `[B, W]` (bool) of one erasing box per sample where `erase` (else all False)."
         n = len(erase)
@@ -541,6 +549,17 @@ class PKDataLoader(_AsyncToDevice, _ShowMixin, TfmdDL):
         if getattr(self.dataset, 'video', False): idxs = [self.dataset.sample_spec(i, rng) for i in idxs]
         skip = self.__dict__.pop('_skip_batches', 0)          # a resumed epoch: its first batches were trained already
         return idxs[skip*self.P*self.K:]
+
+    @property
+    def epoch(self) -> int:
+        "The epoch whose P×K order the next iteration draws (with `seed=None` every epoch draws from the global state)."
+        return self._epoch
+
+    def set_epoch(self, epoch:int, skip:int=0):
+        "Make the next iteration draw epoch `epoch`'s P×K order and leave out its first `skip` batches (a resumed epoch)."
+        if epoch < 0 or not 0 <= skip <= self.n_batches:
+            raise ReIDInputError(f"set_epoch: epoch must be >= 0 and skip in 0..{self.n_batches}, got epoch={epoch}, skip={skip}")
+        self._epoch, self._skip_batches = int(epoch), int(skip)
 
     def new(self, dataset=None, cls=None, **kwargs):
         "A copy (fastai's `new`); `bs=` is honoured as `P = bs // K` when `K` divides it, refused otherwise."
