@@ -91,7 +91,7 @@ def check_query_gallery(df, gallery='non_query'):
     if ok < len(q): print(f"note: {len(q) - ok} of {len(q)} queries have no match in the gallery; the evaluation skips them")
     return ok
 
-# %% ../nbs/10i_run_guards.ipynb #9f0dd31f
+# %% ../nbs/10i_run_guards.ipynb #55d4698d
 RESUME_FREE = ('workers', 'no_check', 'out', 'allow_changes')
 
 def resume_differences(saved, typed) -> dict:
@@ -105,8 +105,8 @@ def _digest(o): return hashlib.sha1(json.dumps(o, sort_keys=True).encode()).hexd
 
 def data_identity(df, root=None) -> dict:
     "The train identities and a fingerprint of the files (name relative to `root` + size) of a canonical frame."
-    col = 'paths' if 'paths' in df.columns else 'path'
-    files = sorted({p for it in df[col] for p in ([it] if isinstance(it, str) else it)})
+    from iaunet_fastai.data import frame_items
+    files = sorted({p for it in frame_items(df) for p in ([it] if isinstance(it, str) else it)})
     def rel(p):
         try: return str(Path(p).relative_to(root)) if root else p
         except ValueError: return p
