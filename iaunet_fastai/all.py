@@ -14,6 +14,8 @@ from .items import *
 from .preflight import *
 from .workers import *
 from .loaders import *      # reid_dls; `iaunet_fastai.data` re-exports these seven data modules
+from .part_labels import *
+from .part_parsers import *
 from .part_masks import *
 from .schp import *
 from .layers import *

@@ -30,7 +30,7 @@ from .native import check_metrics, check_loss_func, check_evaluable   # also pat
 from .inference import _model_config
 from .interpret import ReIDLearner
 
-# %% ../nbs/10_learner.ipynb #88f91b4d
+# %% ../nbs/10_learner.ipynb #b7275816
 class LossTerms(Callback):
     "Average `learn.loss_func`'s `ce`/`triplet`/`mask` terms over each training epoch; `.metrics` shows them."
     order = 60
@@ -49,7 +49,7 @@ class LossTerms(Callback):
         vs = [getattr(self.learn.loss_func, t, 0.) for t in self.terms]
         dev = next((v.device for v in vs if torch.is_tensor(v)), torch.device('cpu'))
         v = torch.stack([v.detach().float() if torch.is_tensor(v) else torch.full((), float(v), device=dev) for v in vs])
-        self._acc = v * bs if self._acc is None else torch.add(self._acc, v, alpha=bs)   # stays on the device: 2 kernels
+        self._acc = v * bs if self._acc is None else torch.add(self._acc.to(v.device), v, alpha=bs)   # on the device: 2 kernels
         self.count += bs
     def after_train(self):
         "Under distributed training, sum the epoch's terms over all processes (every process runs this event)."
@@ -61,6 +61,22 @@ class LossTerms(Callback):
         "`{'train_ce': mean, ...}` over the current training epoch (None before any batch), over all processes when distributed."
         sums, count = getattr(self, '_all', None) or (self.sums, self.count)
         return {f'train_{t}': (float(v) / count if count else None) for t, v in sums.items()}
+
+# %% ../nbs/10_learner.ipynb #5604d69c
+@patch
+def state_dict(self:LossTerms) -> dict:
+    "The training epoch's running sums as plain numbers: `{'acc': [bs-weighted sum per term] or None, 'count': samples}`."
+    return {'acc': None if self._acc is None else [float(v) for v in self._acc], 'count': int(self.count)}
+
+@patch
+def load_state_dict(self:LossTerms, d:dict):
+    "Continue a training epoch from `state_dict()`'s sums (moved to the loss's device at the next batch)."
+    acc, count = d.get('acc'), d.get('count')
+    if acc is not None and len(acc) != len(self.terms):
+        raise ReIDInputError(f"LossTerms state: 'acc' needs one sum per term {self.terms}, got {acc!r}")
+    if not isinstance(count, int) or count < 0: raise ReIDInputError(f"LossTerms state: 'count' must be an int >= 0, got {count!r}")
+    self._acc = None if acc is None else torch.tensor(acc, dtype=torch.float32)
+    self.count, self._all = count, None
 
 # %% ../nbs/10_learner.ipynb #d5f0a002
 class DeviceSmoothLoss(AvgSmoothLoss):
