@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from PIL import Image
 from fastai.vision.core import imagenet_stats
 from .models import IAUnet, VideoIAUnet
-from .data import load_reid_image, eval_clips, image_values, frame_items
+from .images import load_reid_image, image_values
+from .sampler import eval_clips
+from .items import frame_items
 import pandas as pd
 
 # %% ../nbs/10b_inference.ipynb #4e696746
@@ -155,7 +157,7 @@ class FeatureExtractor:
         if isinstance(x, (str, Path)): x = load_reid_image(x, self.size)
         if isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3 and x.shape[-1] == 3: x = Image.fromarray(x)
         if isinstance(x, Image.Image):
-            from iaunet_fastai.data import _to_rgb
+            from iaunet_fastai.images import _to_rgb
             x = _to_rgb(x)
             if x.size != (self.size[1], self.size[0]): x = x.resize((self.size[1], self.size[0]), Image.BICUBIC)
             x = torch.from_numpy(np.asarray(x).copy()).permute(2, 0, 1)

@@ -105,7 +105,7 @@ def _digest(o): return hashlib.sha1(json.dumps(o, sort_keys=True).encode()).hexd
 
 def data_identity(df, root=None) -> dict:
     "The train identities and a fingerprint of the files (name relative to `root` + size) of a canonical frame."
-    from iaunet_fastai.data import frame_items
+    from iaunet_fastai.items import frame_items
     files = sorted({p for it in frame_items(df) for p in ([it] if isinstance(it, str) else it)})
     def rel(p):
         try: return str(Path(p).relative_to(root)) if root else p
