@@ -39,7 +39,7 @@ class Embeddings(NamedTuple):
 def extractor(model, size=None, flip_tta=False, bs=64, device=None) -> FeatureExtractor:
     "A `FeatureExtractor` (one process) for a model file, `Learner` or model, with its `.fingerprint`."
     if isinstance(model, (str, Path)):
-        from iaunet_fastai.commands import load_model_file
+        from iaunet_fastai.inference import load_model_file
         model = load_model_file(model)
     fx = FeatureExtractor(model, size=size, device=device, bs=bs, flip_tta=flip_tta, distributed=False)
     fx.fingerprint = model_fingerprint(fx.model, fx.size, flip_tta)
@@ -70,8 +70,8 @@ def _read_items_file(p):
         df = pd.read_csv(p)
         if 'paths' in df.columns: df['paths'] = df['paths'].map(lambda s: [t for t in str(s).split(';') if t])
         return df
-    from iaunet_fastai.commands import _read_list
-    return _read_list(p)
+    from iaunet_fastai.datasets import read_item_list
+    return read_item_list(p)
 
 def gallery_items(items) -> pd.DataFrame:
     """Metadata table of `items`: a folder (images, recursive, sorted), a list file (one image per line, or a tracklet
@@ -433,7 +433,7 @@ def search_cli(gallery:str,             # the gallery folder (from `iaunet index
     if missing: raise ReIDInputError(f"query: {len(missing)} file(s) not found, e.g. '{missing[0]}'")
     if not qs: raise ReIDInputError("query: no images")
     if csv:
-        from iaunet_fastai.commands import check_out_file
+        from iaunet_fastai.core import check_out_file
         csv = check_out_file(csv, overwrite=True, what='--csv')
     res = gal.search(qs, k=K, where=where, model=model, backend=backend)
     with pd.option_context('display.max_colwidth', 60, 'display.width', 200):
