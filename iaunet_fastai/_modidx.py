@@ -1225,7 +1225,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                            'iaunet_fastai/targets.py'),
                                        'iaunet_fastai.targets.TargetEvaluator.evaluate': ( 'targets.html#targetevaluator.evaluate',
                                                                                            'iaunet_fastai/targets.py'),
-                                       'iaunet_fastai.targets._plain': ('targets.html#_plain', 'iaunet_fastai/targets.py'),
+                                       'iaunet_fastai.targets._json_ready': ('targets.html#_json_ready', 'iaunet_fastai/targets.py'),
                                        'iaunet_fastai.targets._save_fig': ('targets.html#_save_fig', 'iaunet_fastai/targets.py'),
                                        'iaunet_fastai.targets.cross_domain_df': ( 'targets.html#cross_domain_df',
                                                                                   'iaunet_fastai/targets.py'),
