@@ -24,6 +24,7 @@ from .inference import *
 from .interpret import *
 from .native import *
 from .run_guards import *
+from .train_callbacks import *   # checkpoint + ResumeState, StopOnSignal, RunCSVLogger
 from .commands import *
 from .gallery import *
 from .targets import *        # cross-domain CLI runs (--sources/--targets), eval --verify

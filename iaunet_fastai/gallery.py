@@ -19,7 +19,7 @@ from .datasets import MARKET_PAT
 from .inference import FeatureExtractor
 from .data import frame_items
 
-# %% ../nbs/10h_gallery.ipynb #a38d000c
+# %% ../nbs/10h_gallery.ipynb #eea8e0ba
 def model_fingerprint(model, size=(256, 128), flip_tta=False) -> str:
     """16 hex digits of sha256 over the model's class, state dict (sorted keys, shapes, dtypes, bytes) and the embedding
     settings: equal fingerprints mean the same embedding function."""
@@ -40,7 +40,7 @@ class Embeddings(NamedTuple):
 def extractor(model, size=None, flip_tta=False, bs=64, device=None) -> FeatureExtractor:
     "A `FeatureExtractor` (one process) for a model file, `Learner` or model, with its `.fingerprint`."
     if isinstance(model, (str, Path)):
-        from iaunet_fastai.commands import load_model_file
+        from iaunet_fastai.inference import load_model_file
         model = load_model_file(model)
     fx = FeatureExtractor(model, size=size, device=device, bs=bs, flip_tta=flip_tta, distributed=False)
     fx.fingerprint = model_fingerprint(fx.model, fx.size, flip_tta)
@@ -58,7 +58,7 @@ def embed(model, items, **kwargs) -> Embeddings:
     items = list(items)
     return Embeddings(fx(items).numpy(), fx.fingerprint, [_item_name(x, i) for i, x in enumerate(items)])
 
-# %% ../nbs/10h_gallery.ipynb #833bcb36
+# %% ../nbs/10h_gallery.ipynb #d552fb82
 def _ids_from_names(paths):
     "pid / camid (0-based) from Market-style file names, `<NA>` where a name does not match."
     pat = re.compile(MARKET_PAT)
@@ -72,8 +72,8 @@ def _read_items_file(p):
         df = pd.read_csv(p)
         if 'paths' in df.columns: df['paths'] = df['paths'].map(lambda s: [t for t in str(s).split(';') if t])
         return df
-    from iaunet_fastai.commands import _read_list
-    return _read_list(p)
+    from iaunet_fastai.datasets import read_item_list
+    return read_item_list(p)
 
 # %% ../nbs/10h_gallery.ipynb #a00a9904
 def _as_item(x):
@@ -416,7 +416,7 @@ def show_search(gallery, results, queries=None, query_pids=None, n_queries=None,
     fig.tight_layout()
     return fig
 
-# %% ../nbs/10h_gallery.ipynb #f744bfa3
+# %% ../nbs/10h_gallery.ipynb #8006aa92
 def index_cli(action:str,               # 'build' (MODEL ITEMS --out DIR) or 'add' (DIR ITEMS)
               src:str,                  # build: the model file (model.pth from `iaunet train`, or a fastai .pkl export); add: the gallery folder
               items:str,                # a folder of images, a list file (one image per line, or a tracklet per line: frames joined by ';') or a canonical .csv
@@ -453,7 +453,7 @@ def search_cli(gallery:str,             # the gallery folder (from `iaunet index
     if missing: raise ReIDInputError(f"query: {len(missing)} file(s) not found, e.g. '{missing[0]}'")
     if not qs: raise ReIDInputError("query: no images")
     if csv:
-        from iaunet_fastai.commands import check_out_file
+        from iaunet_fastai.core import check_out_file
         csv = check_out_file(csv, overwrite=True, what='--csv')
     res = gal.search(qs, k=K, where=where, model=model, backend=backend)
     with pd.option_context('display.max_colwidth', 60, 'display.width', 200):

@@ -23,7 +23,7 @@ from .data import frame_items
 # %% ../nbs/10g_targets.ipynb #f5e1ab41
 def parse_targets(pairs, what='--targets') -> dict:
     "`{name: root}` from `['name=root', ...]`, with a `ReIDInputError` naming `what` for anything else."
-    from iaunet_fastai.commands import DATASETS
+    from iaunet_fastai.datasets import DATASETS
     out = {}
     for p in ([pairs] if isinstance(pairs, str) else list(pairs or [])):
         name, sep, root = str(p).partition('=')
@@ -39,7 +39,7 @@ def parse_targets(pairs, what='--targets') -> dict:
 # %% ../nbs/10g_targets.ipynb #b5114794
 def cross_domain_df(sources, targets, video=False) -> pd.DataFrame:
     "The `combine_datasets` frame of `--sources` (train splits) and `--targets` (query/gallery splits), checked."
-    from iaunet_fastai.commands import dataset_df
+    from iaunet_fastai.datasets import dataset_df
     from iaunet_fastai.datasets import combine_datasets
     src, tgt = parse_targets(sources, '--sources'), parse_targets(targets, '--targets')
     both = {n for n in src if n in tgt and Path(src[n]).expanduser().resolve() != Path(tgt[n]).expanduser().resolve()}
@@ -51,7 +51,8 @@ def cross_domain_df(sources, targets, video=False) -> pd.DataFrame:
 def cross_domain_setup(sources, targets, dataset=None, root=None, video=False, mars_protocol='official'):
     """What `iaunet train --sources ... --targets ...` trains and scores: `(df, gallery, protocol, galleries)` with
     `galleries` = {target: 'all' | 'non_query'} (each target's own protocol), every target checked for a usable query set."""
-    from iaunet_fastai.commands import check_query_gallery, mars_gallery
+    from iaunet_fastai.callbacks import mars_gallery
+    from iaunet_fastai.run_guards import check_query_gallery
     if dataset is not None or root is not None:
         raise ReIDInputError("--sources/--targets replace --dataset/--root: pass one or the other")
     if not sources or not targets: raise ReIDInputError("cross-domain training needs both --sources and --targets (name=root pairs)")
@@ -105,7 +106,7 @@ def evaluate_frame(fx, df, gallery='non_query', protocol='', rerank=False, k1=20
     """Rank-1/5/10/20, mAP, mINP of `df`'s queries against its gallery with the embeddings of `fx` (a
     `FeatureExtractor`), printed; with `verify` also the verification numbers (`res['verification']`) and, given
     `out`, `roc.png` (`roc-<name>.png` for a named target)."""
-    from iaunet_fastai.commands import check_query_gallery
+    from iaunet_fastai.run_guards import check_query_gallery
     import matplotlib; matplotlib.use('Agg')
     q, g = df[df.split == 'query'], df[df.split == 'gallery']
     check_query_gallery(df, gallery)
@@ -140,7 +141,8 @@ def write_target_results(per, out=None, protocols=None) -> int:
 
 def eval_targets(fx, targets, video=False, mars_protocol='official', out=None, **kwargs) -> int:
     "`iaunet eval --targets`: `evaluate_frame` on every target (its own protocol), then `write_target_results`."
-    from iaunet_fastai.commands import dataset_df, mars_gallery
+    from iaunet_fastai.datasets import dataset_df
+    from iaunet_fastai.callbacks import mars_gallery
     per, prots = {}, {}
     for name, root in parse_targets(targets).items():
         gallery, prots[name] = mars_gallery(name, video, mars_protocol)
