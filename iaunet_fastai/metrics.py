@@ -187,7 +187,7 @@ def _input_device(device, x):
 def _check_metric(metric):
     if metric not in ('cosine', 'euclidean'): raise ReIDInputError(f"`metric` must be 'cosine' or 'euclidean', got {metric!r}")
 
-# %% ../nbs/08_metrics.ipynb #882125f1
+# %% ../nbs/08_metrics.ipynb #150ccdac
 def _feature_chunks(qf, gf, metric, cs):
     "Distance rows `(s, e, d)` of `qf` against `gf`, `cs` queries at a time, one product per block of whole chunks."
     Q, G = len(qf), len(gf)
@@ -198,12 +198,14 @@ def _feature_chunks(qf, gf, metric, cs):
         blk = pairwise_distance(qf[b:b + rows], gf, metric, gnorm)
         for s in range(b, min(b + rows, Q), cs): yield s, min(s + cs, Q), blk[s - b:s - b + cs]
 
-def _matrix_chunks(D, keep, cs):
-    "Rows `(s, e, d)` of a given distance matrix `D`, `cs` at a time, checked for NaN/inf, gallery columns `keep`."
-    for s in range(0, len(D), cs):
-        e = min(s + cs, len(D)); d = D[s:e].float()
+def _matrix_chunks(D, cs, rows=None, cols=None):
+    """Rows `(s, e, d)` of a given distance matrix `D` (its rows `rows`, columns `cols`: default all), `cs` at a time,
+    checked for NaN/inf."""
+    n = len(D) if rows is None else len(rows)
+    for s in range(0, n, cs):
+        e = min(s + cs, n); d = (D[s:e] if rows is None else D[rows[s:e]]).float()
         if not torch.isfinite(d.sum(1)).all(): check_finite(d, '`dist`')
-        yield s, e, (d if keep is None else d[:, keep])
+        yield s, e, (d if cols is None else d[:, cols])
 
 def _timed(chunks, dev, times):
     "Pass `chunks` through, adding the seconds spent making them to `times['dist']` and using them to `times['rank']`."
@@ -216,18 +218,22 @@ def _timed(chunks, dev, times):
 def _sync(dev):
     if dev.type == 'cuda': torch.cuda.synchronize(dev)
 
-# %% ../nbs/08_metrics.ipynb #ba51d9e0
+# %% ../nbs/08_metrics.ipynb #b62d7aa5
 _Ids = namedtuple('_Ids', 'qp qc gp gc')
+
+def _distance_inputs(qf, gf, dist, device):
+    """`(dev, Q, G, qf, gf, D)` checked: features `qf`, `gf` (then `D` is None) or a distance matrix `D` [Q, G] (checked
+    for NaN/inf per chunk, by `_matrix_chunks`), on `device` (default: where they are)."""
+    dev = _input_device(device, dist if dist is not None else qf)
+    if dist is not None:
+        D = _prep_features(dist, 'dist', dev, check=False); return (dev, *D.shape, None, None, D)
+    qf, gf = _prep_features(qf, 'qf', dev), _prep_features(gf, 'gf', dev)
+    if qf.shape[1] != gf.shape[1]: raise ReIDInputError(f"`qf` has dim {qf.shape[1]} but `gf` has dim {gf.shape[1]}")
+    return dev, len(qf), len(gf), qf, gf, None
 
 def _retrieval_inputs(qf, gf, dist, ids, metric, device, chunk_size):
     "Checked inputs: `(dev, Q, cs, ids, chunks)`; `chunks` yields the distance rows of the kept gallery items."
-    dev = _input_device(device, dist if dist is not None else qf)
-    if dist is not None:
-        D = _prep_features(dist, 'dist', dev, check=False); Q, G = D.shape   # checked per chunk (row sums)
-    else:
-        qf, gf = _prep_features(qf, 'qf', dev), _prep_features(gf, 'gf', dev)
-        if qf.shape[1] != gf.shape[1]: raise ReIDInputError(f"`qf` has dim {qf.shape[1]} but `gf` has dim {gf.shape[1]}")
-        Q, G = len(qf), len(gf)
+    dev, Q, G, qf, gf, D = _distance_inputs(qf, gf, dist, device)
     qp, gp, qc, gc = (_check_ids(x, n, name).to(dev) for x, n, name in
                       zip(ids, (Q, G, Q, G), ('q_pids', 'g_pids', 'q_camids', 'g_camids')))
     keep = gp != -1                                       # pid -1: junk for every query, dropped up front
@@ -236,7 +242,7 @@ def _retrieval_inputs(qf, gf, dist, ids, metric, device, chunk_size):
         gp, gc = gp[keep], gc[keep]
         if len(gp) == 0: raise ReIDInputError("`g_pids`: every gallery item is junk (pid -1)")
     cs = int(chunk_size or max(1, min(Q, RANK_CHUNK_CELLS // len(gp))))
-    chunks = (_matrix_chunks(D, keep, cs) if dist is not None else
+    chunks = (_matrix_chunks(D, cs, cols=keep) if D is not None else
               _feature_chunks(qf, gf if keep is None else gf[keep], metric, cs))
     return dev, Q, cs, _Ids(qp, qc, gp, gc), chunks
 
@@ -591,17 +597,15 @@ def _blend_into(out, V, Q, lambda_, metric, rowmax, cs):
         od = _to_sqdist(torch.from_numpy(out[s:e]), metric).div_(rowmax[s:e, None])
         od.mul_(lambda_).add_(_jaccard_rows(V[s:e], Vc, colnnz, G), alpha=1 - lambda_)
 
-# %% ../nbs/08_metrics.ipynb #35feb408
+# %% ../nbs/08_metrics.ipynb #f54fc556
 def re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric='cosine', chunk_size=None, device=None):
     """k-reciprocal re-ranking of `qf` [Q,D] vs `gf` [G,D] with sparse k-NN structures; returns float32 [Q,G] distance
     (numpy). The k-NN pass runs on `device` (default: where `qf` is), in blocks of `chunk_size` rows (default
     min(2**26 / N, N / 16)). Neighbour lists are those of float64 distances, ties broken by item index. On a set of
     N <= k1 items `k1` shrinks to N-1 (and `k2` to at most k1+1) with a warning; all-zero rows are allowed."""
     _check_metric(metric)
-    dev = _input_device(device, qf)
-    qf, gf = _prep_features(qf, 'qf', dev).float(), _prep_features(gf, 'gf', dev).float()
-    if qf.shape[1] != gf.shape[1]: raise ReIDInputError(f"`qf` has dim {qf.shape[1]} but `gf` has dim {gf.shape[1]}")
-    raw = torch.cat([qf, gf]); N, Q = len(raw), len(qf)
+    dev, Q, _, qf, gf, _ = _distance_inputs(qf, gf, None, device)
+    raw = torch.cat([qf.float(), gf.float()]); N = len(raw)
     X = F.normalize(raw, dim=1) if metric == 'cosine' else raw   # all-zero rows stay zero: distance 1 to everything
     k1, k2 = _rerank_ks(k1, k2, N)
     cs = int(chunk_size or max(1, min(2**26 // N, -(-N // 16))))   # >= 16 blocks: the triangle is ~53% of the square
