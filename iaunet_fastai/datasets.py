@@ -257,7 +257,7 @@ def prid2011_df(root, split=0):
     return _two_cam_df([name(p) for p in sp['train']], [name(p) for p in sp['test']], cams,
                        lambda p: int(re.sub(r'\D', '', p)), 'PRID2011')
 
-# %% ../nbs/02_datasets.ipynb #90488cb5
+# %% ../nbs/02_datasets.ipynb #82591791
 def _is_int(s) -> bool:
     try: int(s); return True
     except (TypeError, ValueError): return False
@@ -283,6 +283,7 @@ def _camera_numbers(rows, camid_base, where):
     for r in rows: r['camid'] = int(r['camid']) - base
     return rows
 
+# %% ../nbs/02_datasets.ipynb #a6c8e950
 def folder_df(root, pattern=MARKET_PAT, splits=None, camid_base=None, strict=True):
     """Parse your own split folders with a regex (named groups `pid`, `camid`) matched on the relative path. `pid`: a
     number or a name (numbered 1..N, kept in `pid_name`); camera numbers 0- or 1-based as the files say (`camid_base`)."""
