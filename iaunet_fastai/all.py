@@ -8,6 +8,8 @@ from . import config as reid_defaults   # every default written once (ARCH, IMG_
 from .synthetic import *
 from .datasets import *
 from .data import *
+from .part_labels import *
+from .part_parsers import *
 from .part_masks import *
 from .schp import *
 from .layers import *

@@ -6,13 +6,15 @@ layouts, with the LIP label map that JPPNet would write for every image."""
 # %% auto #0
 __all__ = ['make_synthetic_reid', 'synth_cli']
 
-# %% ../nbs/01_synthetic.ipynb #20578a93
+# %% ../nbs/01_synthetic.ipynb #6679aafe
 import os, io, json, time, zlib, shutil, multiprocessing as mp
 from pathlib import Path
 import numpy as np, cv2
+from fastcore.basics import patch
 from .core import *
+from .part_labels import LIP, LIP_LABELS
 
-# %% ../nbs/01_synthetic.ipynb #87df727d
+# %% ../nbs/01_synthetic.ipynb #eb8f47cc
 # Colours are RGB here; the renderer flips them to OpenCV's BGR once.
 _SKIN = [(255,224,196), (234,192,160), (198,146,110), (150,100,70), (95,62,45)]
 _HAIR = [(20,20,20), (70,45,25), (130,90,50), (200,170,110), (150,150,150)]
@@ -40,7 +42,7 @@ def _random_identity(rng) -> dict:
                 bag_col=int(rng.integers(len(_CLOTH))), bag_side=int(rng.choice([-1, 1])),
                 build=float(rng.uniform(1.15, 1.5)), height=float(rng.uniform(.88, 1.)))
 
-# %% ../nbs/01_synthetic.ipynb #1446569d
+# %% ../nbs/01_synthetic.ipynb #97696c68
 def _random_camera(rng, idx) -> dict:
     "One camera: background seed and style, light, colour cast, viewpoint mix, jitter, blur, occlusion, JPEG quality."
     v = rng.dirichlet([2, 2, 1, 1])
@@ -99,136 +101,214 @@ def _background(cam, H, W):
     _BG_CACHE[key] = res = (bg, lut, tex)
     return res
 
-# %% ../nbs/01_synthetic.ipynb #cfd25698
-def _draw_person(img, lbl, a, view, phase, cx, top, hp):
-    "Draw identity `a` into `img` (BGR) and its LIP ids into `lbl` with the same shapes. view in front/back/left/right."
-    s, c = np.sin(phase), np.cos(phase)
-    top = top + 0.012 * hp * abs(c)
-    b = a['build']
-    P = lambda x, y: (int(round(cx + x * hp)), int(round(top + y * hp)))
-    def poly(pts, col, lab):
-        pts = np.array([P(*q) for q in pts], np.int32)
-        cv2.fillPoly(img, [pts], col); cv2.fillPoly(lbl, [pts], int(lab))
-    def limb(p, q, w, col, lab):
-        t = max(1, int(round(w * hp)))
-        cv2.line(img, P(*p), P(*q), col, t); cv2.line(lbl, P(*p), P(*q), int(lab), t)
-    def ell(cen, ax, col, lab, a0=0, a1=360):
-        ax = (max(1, int(round(ax[0] * hp))), max(1, int(round(ax[1] * hp))))
-        cv2.ellipse(img, P(*cen), ax, 0, a0, a1, col, -1); cv2.ellipse(lbl, P(*cen), ax, 0, a0, a1, int(lab), -1)
-    skin, hair = _F(_SKIN[a['skin']]), _F(_HAIR[a['hair']])
-    upc, lowc, sec = _F(_CLOTH[a['up_col']]), _F(_CLOTH[a['low_col']]), _F(_CLOTH[a['sec_col']])
-    shoec, bagc = _F(_SHOES[a['shoes']]), _F(_CLOTH[a['bag_col']])
-    dark = lambda col, f=.72: tuple(int(v * f) for v in col)
-    up_lab = {'coat': 7, 'dress': 6}.get(a['upper'], 5)
-    low_lab = {'skirt': 12, 'shorts': 9, 'trousers': 9}[a['lower']]
-    long_sleeve = a['upper'] in ('longsleeve', 'coat')
-    side = view in ('left', 'right')
-    d = 1 if view == 'right' else -1
-    # which image side holds the person's left limbs: front view mirrors
-    L = 1 if view == 'front' else -1
-    def leg(hip, knee, ankle, lr, shade=1.):
-        ll, sl = (16, 18) if lr == 'L' else (17, 19)
-        col = dark(lowc, shade) if a['lower'] == 'trousers' else dark(skin, shade)
-        lab = 9 if a['lower'] == 'trousers' else ll
-        limb(hip, knee, .072 * b, col, lab); limb(knee, ankle, .06 * b, col, lab)
-        if a['lower'] == 'shorts':
-            mid = (hip[0] + (knee[0] - hip[0]) * .75, hip[1] + (knee[1] - hip[1]) * .75)
-            limb(hip, mid, .07 * b, dark(lowc, shade), 9)
-        if a['socks'] and a['lower'] != 'trousers':
-            limb((ankle[0], ankle[1] - .045), ankle, .05 * b, dark(sec, shade), 8)
-        toe = .022 * d if side else 0.
-        ell((ankle[0] + toe, ankle[1] + .018), (.04 if side else .032, .02), dark(shoec, shade), sl)
-    def arm(sh, el, wr, lr, shade=1.):
-        lab = 14 if lr == 'L' else 15
-        sl = up_lab
-        limb(sh, el, .056 * b, dark(upc, shade), sl)
-        limb(el, wr, .042 * b, dark(upc if long_sleeve else skin, shade), sl if long_sleeve else lab)
-        if not long_sleeve: limb(((sh[0] + el[0]) / 2, (sh[1] + el[1]) / 2), el, .044 * b, dark(skin, shade), lab)
-        ell((wr[0], wr[1] + .012), (.018, .022), dark(skin, shade), lab)
-    hem = .6 if a['upper'] == 'coat' else .52
-    if side:
-        # far limbs first, darker
-        th = .38 * s
-        for lr, sgn, shade in (('R' if d == 1 else 'L', -1, .7), ('L' if d == 1 else 'R', 1, 1.)):
-            if shade < 1:
-                al = .45 * s * sgn
-                arm((0, .19), (np.sin(al) * .15 * d, .19 + np.cos(al) * .15), (np.sin(al + .25) * .29 * d, .19 + np.cos(al) * .28), lr, shade)
-                t = th * sgn
-                k = (np.sin(t) * .22 * d, .5 + np.cos(t) * .22); bend = .25 * max(0., -np.sin(phase * sgn + .8))
-                leg((0, .5), k, (k[0] + np.sin(t - bend) * .22 * d, k[1] + np.cos(t - bend) * .21), lr, shade)
-        if a['bag'] == 'backpack': poly([(-.05 * d, .2), (-.13 * d, .22), (-.13 * d, .44), (-.05 * d, .44)], bagc, 0)
-        poly([(-.07 * b, .165), (.075 * b, .165), (.07 * b, hem), (-.07 * b, hem)], upc, up_lab)
-        lr, sgn = ('L' if d == 1 else 'R'), 1
-        t = th
-        k = (np.sin(t) * .22 * d, .5 + np.cos(t) * .22); bend = .25 * max(0., -np.sin(phase + .8))
-        leg((0, .5), k, (k[0] + np.sin(t - bend) * .22 * d, k[1] + np.cos(t - bend) * .21), lr)
-    else:
-        lift = lambda v: .03 * max(0., v)
-        for sgn in (-1, 1):
-            lr = 'L' if sgn == L else 'R'
-            x = .052 * b * sgn; lf = lift(s * sgn)
-            leg((x, .5), (x * 1.05, .72 - lf), (x * 1.1, .935 - lf * 1.5), lr)
-        poly([(-.115 * b, .165), (.115 * b, .165), (.1 * b, hem), (-.1 * b, hem)], upc, up_lab)
-    # lower garment over the legs (skirt / dress), then upper over the waist
+# %% ../nbs/01_synthetic.ipynb #f79eee15
+def _dark(col, f=.72): return tuple(int(v * f) for v in col)
+
+class _Figure:
+    "One pedestrian being drawn into `img` (BGR) and `lbl` (LIP ids): identity `a`, view, gait phase, box `cx`, `top`, height `hp`."
+    def __init__(self, img, lbl, a, view, phase, cx, top, hp):
+        self.img, self.lbl, self.a, self.view, self.phase, self.cx, self.hp, self.b = img, lbl, a, view, phase, cx, hp, a['build']
+        self.s = np.sin(phase)
+        self.top = top + 0.012 * hp * abs(np.cos(phase))
+        self.skin, self.hair = _F(_SKIN[a['skin']]), _F(_HAIR[a['hair']])
+        self.upc, self.lowc, self.sec = _F(_CLOTH[a['up_col']]), _F(_CLOTH[a['low_col']]), _F(_CLOTH[a['sec_col']])
+        self.shoec, self.bagc = _F(_SHOES[a['shoes']]), _F(_CLOTH[a['bag_col']])
+        self.up_lab = {'coat': LIP['coat'], 'dress': LIP['dress']}.get(a['upper'], LIP['upper-clothes'])
+        self.long_sleeve, self.hem = a['upper'] in ('longsleeve', 'coat'), (.6 if a['upper'] == 'coat' else .52)
+        self.side = view in ('left', 'right')
+        self.d = 1 if view == 'right' else -1   # the way a side view faces
+        self.L = 1 if view == 'front' else -1   # which image side holds the person's left limbs: front view mirrors
+
+    def P(self, x, y): return (int(round(self.cx + x * self.hp)), int(round(self.top + y * self.hp)))
+    def poly(self, pts, col, lab):
+        pts = np.array([self.P(*q) for q in pts], np.int32)
+        cv2.fillPoly(self.img, [pts], col); cv2.fillPoly(self.lbl, [pts], int(lab))
+    def limb(self, p, q, w, col, lab):
+        t = max(1, int(round(w * self.hp)))
+        cv2.line(self.img, self.P(*p), self.P(*q), col, t); cv2.line(self.lbl, self.P(*p), self.P(*q), int(lab), t)
+    def ell(self, cen, ax, col, lab, a0=0, a1=360):
+        ax = (max(1, int(round(ax[0] * self.hp))), max(1, int(round(ax[1] * self.hp))))
+        cv2.ellipse(self.img, self.P(*cen), ax, 0, a0, a1, col, -1); cv2.ellipse(self.lbl, self.P(*cen), ax, 0, a0, a1, int(lab), -1)
+
+# %% ../nbs/01_synthetic.ipynb #e53a81f7
+@patch
+def leg(self:_Figure, hip, knee, ankle, lr, shade=1.):
+    "One leg hip → knee → ankle and its shoe; `lr`: the person's 'L' or 'R'; far limbs are darker (`shade`)."
+    a, b, trousers = self.a, self.b, self.a['lower'] == 'trousers'
+    leg_lab, shoe_lab = (LIP['left-leg'], LIP['left-shoe']) if lr == 'L' else (LIP['right-leg'], LIP['right-shoe'])
+    col, lab = (_dark(self.lowc, shade), LIP['pants']) if trousers else (_dark(self.skin, shade), leg_lab)
+    self.limb(hip, knee, .072 * b, col, lab); self.limb(knee, ankle, .06 * b, col, lab)
+    if a['lower'] == 'shorts':
+        mid = (hip[0] + (knee[0] - hip[0]) * .75, hip[1] + (knee[1] - hip[1]) * .75)
+        self.limb(hip, mid, .07 * b, _dark(self.lowc, shade), LIP['pants'])
+    if a['socks'] and not trousers:
+        self.limb((ankle[0], ankle[1] - .045), ankle, .05 * b, _dark(self.sec, shade), LIP['socks'])
+    toe = .022 * self.d if self.side else 0.
+    self.ell((ankle[0] + toe, ankle[1] + .018), (.04 if self.side else .032, .02), _dark(self.shoec, shade), shoe_lab)
+
+@patch
+def arm(self:_Figure, sh, el, wr, lr, shade=1.):
+    "One arm shoulder → elbow → wrist and its hand: sleeves take the upper garment's label, skin the arm's."
+    b, skin, sl = self.b, self.skin, self.up_lab
+    lab = LIP['left-arm'] if lr == 'L' else LIP['right-arm']
+    self.limb(sh, el, .056 * b, _dark(self.upc, shade), sl)
+    self.limb(el, wr, .042 * b, _dark(self.upc if self.long_sleeve else skin, shade), sl if self.long_sleeve else lab)
+    if not self.long_sleeve: self.limb(((sh[0] + el[0]) / 2, (sh[1] + el[1]) / 2), el, .044 * b, _dark(skin, shade), lab)
+    self.ell((wr[0], wr[1] + .012), (.018, .022), _dark(skin, shade), lab)
+
+# %% ../nbs/01_synthetic.ipynb #cbc334f9
+@patch
+def side_arm(self:_Figure, al, lr, shade=1.):
+    "The arm of a side view swung by angle `al`."
+    d = self.d
+    self.arm((0, .19), (np.sin(al) * .15 * d, .19 + np.cos(al) * .15), (np.sin(al + .25) * .29 * d, .19 + np.cos(al) * .28), lr, shade)
+
+@patch
+def side_leg(self:_Figure, sgn, lr, shade=1.):
+    "The leg of a side view; `sgn` -1 for the far leg (opposite gait phase), 1 for the near one."
+    d, t = self.d, .38 * self.s * sgn
+    k = (np.sin(t) * .22 * d, .5 + np.cos(t) * .22); bend = .25 * max(0., -np.sin(self.phase * sgn + .8))
+    self.leg((0, .5), k, (k[0] + np.sin(t - bend) * .22 * d, k[1] + np.cos(t - bend) * .21), lr, shade)
+
+@patch
+def side_body(self:_Figure):
+    "Side view: the far arm and leg (darker), a backpack behind, the torso, the near leg."
+    b, d, far, near = self.b, self.d, ('R' if self.d == 1 else 'L'), ('L' if self.d == 1 else 'R')
+    self.side_arm(.45 * self.s * -1, far, .7); self.side_leg(-1, far, .7)
+    if self.a['bag'] == 'backpack': self.poly([(-.05 * d, .2), (-.13 * d, .22), (-.13 * d, .44), (-.05 * d, .44)], self.bagc, LIP['background'])
+    self.poly([(-.07 * b, .165), (.075 * b, .165), (.07 * b, self.hem), (-.07 * b, self.hem)], self.upc, self.up_lab)
+    self.side_leg(1, near)
+
+@patch
+def front_body(self:_Figure):
+    "Front or back view: both legs (lifted by the gait), then the torso."
+    b = self.b
+    for sgn in (-1, 1):
+        x, lf = .052 * b * sgn, .03 * max(0., self.s * sgn)
+        self.leg((x, .5), (x * 1.05, .72 - lf), (x * 1.1, .935 - lf * 1.5), 'L' if sgn == self.L else 'R')
+    self.poly([(-.115 * b, .165), (.115 * b, .165), (.1 * b, self.hem), (-.1 * b, self.hem)], self.upc, self.up_lab)
+
+# %% ../nbs/01_synthetic.ipynb #e2eae634
+@patch
+def lower_garment(self:_Figure):
+    "Skirt or dress (over the legs), else the top of the trousers or shorts; a coat's skirt over the waist."
+    a, b, side, hem = self.a, self.b, self.side, self.hem
     if a['lower'] == 'skirt' or a['upper'] == 'dress':
         w0, w1 = (.06, .1) if side else (.088, .14)
-        poly([(-w0 * b, .48), (w0 * b, .48), (w1 * b, .71), (-w1 * b, .71)], upc if a['upper'] == 'dress' else lowc,
-             6 if a['upper'] == 'dress' else 12)
-    elif not side:
-        poly([(-.1 * b, .47), (.1 * b, .47), (.105 * b, .56), (-.105 * b, .56)], lowc, 9)
-    else:
-        poly([(-.06 * b, .47), (.06 * b, .47), (.062 * b, .56), (-.062 * b, .56)], lowc, 9)
-    if a['upper'] == 'coat': poly([(-(.06 if side else .095) * b, .45), ((.06 if side else .095) * b, .45),
-                                    ((.065 if side else .1) * b, hem), (-(.065 if side else .1) * b, hem)], upc, 7)
-    if side:
-        al = -.45 * s
-        arm((0, .19), (np.sin(al) * .15 * d, .19 + np.cos(al) * .15), (np.sin(al + .25) * .29 * d, .19 + np.cos(al) * .28),
-            'L' if d == 1 else 'R')
-    else:
-        for sgn in (-1, 1):
-            lr = 'L' if sgn == L else 'R'; sw = .03 * s * sgn
-            arm((.128 * b * sgn, .185), (.145 * b * sgn, .34 - abs(sw)), (.15 * b * sgn + sw * .5, .47 - abs(sw) * 2), lr)
-    # neck, head, hair, hat, glasses
-    poly([(-.022, .12), (.022, .12), (.025, .175), (-.025, .175)], skin, 13)
-    if a['scarf']: poly([(-.05, .15), (.05, .15), (.05, .19), (-.05, .19)], sec, 11)
+        dress = a['upper'] == 'dress'
+        self.poly([(-w0 * b, .48), (w0 * b, .48), (w1 * b, .71), (-w1 * b, .71)], self.upc if dress else self.lowc,
+                  LIP['dress'] if dress else LIP['skirt'])
+    elif not side: self.poly([(-.1 * b, .47), (.1 * b, .47), (.105 * b, .56), (-.105 * b, .56)], self.lowc, LIP['pants'])
+    else: self.poly([(-.06 * b, .47), (.06 * b, .47), (.062 * b, .56), (-.062 * b, .56)], self.lowc, LIP['pants'])
+    if a['upper'] == 'coat': self.poly([(-(.06 if side else .095) * b, .45), ((.06 if side else .095) * b, .45),
+                                        ((.065 if side else .1) * b, hem), (-(.065 if side else .1) * b, hem)], self.upc, LIP['coat'])
+
+@patch
+def near_arms(self:_Figure):
+    "The arms in front of the body: the near arm of a side view, both arms of a front or back view."
+    b, s = self.b, self.s
+    if self.side: self.side_arm(-.45 * s, 'L' if self.d == 1 else 'R'); return
+    for sgn in (-1, 1):
+        sw = .03 * s * sgn
+        self.arm((.128 * b * sgn, .185), (.145 * b * sgn, .34 - abs(sw)), (.15 * b * sgn + sw * .5, .47 - abs(sw) * 2),
+                 'L' if sgn == self.L else 'R')
+
+# %% ../nbs/01_synthetic.ipynb #691e0036
+@patch
+def head(self:_Figure):
+    "Neck, scarf, face or back of the head, hair, glasses and hat."
+    a, d, side, view, hair = self.a, self.d, self.side, self.view, self.hair
+    self.poly([(-.022, .12), (.022, .12), (.025, .175), (-.025, .175)], self.skin, LIP['face'])
+    if a['scarf']: self.poly([(-.05, .15), (.05, .15), (.05, .19), (-.05, .19)], self.sec, LIP['scarf'])
     if a['hair_style'] == 'long' and view != 'back' and not side:
-        poly([(-.055, .05), (.055, .05), (.06, .23), (-.06, .23)], hair, 2)
+        self.poly([(-.055, .05), (.055, .05), (.06, .23), (-.06, .23)], hair, LIP['hair'])
     hx = .005 * d if side else 0.
     if view == 'back':
-        ell((0, .075), (.048, .068), hair, 2)
-        if a['hair_style'] == 'long': poly([(-.05, .08), (.05, .08), (.055, .24), (-.055, .24)], hair, 2)
+        self.ell((0, .075), (.048, .068), hair, LIP['hair'])
+        if a['hair_style'] == 'long': self.poly([(-.05, .08), (.05, .08), (.055, .24), (-.055, .24)], hair, LIP['hair'])
     else:
-        ell((hx, .075), (.045 if side else .046, .066), skin, 13)
-        if side: ell((-.014 * d, .062), (.04, .052), hair, 2)
-        else: ell((0, .058), (.049, .05), hair, 2, 180, 360)
-        if a['hair_style'] == 'long' and side: poly([(-.01 * d, .05), (-.055 * d, .06), (-.05 * d, .23), (-.015 * d, .22)], hair, 2)
+        self.ell((hx, .075), (.045 if side else .046, .066), self.skin, LIP['face'])
+        if side: self.ell((-.014 * d, .062), (.04, .052), hair, LIP['hair'])
+        else: self.ell((0, .058), (.049, .05), hair, LIP['hair'], 180, 360)
+        if a['hair_style'] == 'long' and side: self.poly([(-.01 * d, .05), (-.055 * d, .06), (-.05 * d, .23), (-.015 * d, .22)], hair, LIP['hair'])
         if a['glasses']:
-            if side: poly([(.015 * d, .063), (.046 * d, .063), (.046 * d, .08), (.015 * d, .08)], (25, 25, 25), 4)
-            else: poly([(-.036, .063), (.036, .063), (.036, .082), (-.036, .082)], (25, 25, 25), 4)
-    if a['hair_style'] == 'bun': ell((-.03 * d if side else 0, .0), (.022, .02), hair, 2)
-    if a['hat']: ell((hx, .03), (.052, .036), _F(_CLOTH[a['hat_col']]), 1, 180, 360)
-    # pattern on the upper garment (label unchanged)
+            g = [(.015 * d, .063), (.046 * d, .063), (.046 * d, .08), (.015 * d, .08)] if side else [(-.036, .063), (.036, .063), (.036, .082), (-.036, .082)]
+            self.poly(g, (25, 25, 25), LIP['sunglasses'])
+    if a['hair_style'] == 'bun': self.ell((-.03 * d if side else 0, .0), (.022, .02), hair, LIP['hair'])
+    if a['hat']: self.ell((hx, .03), (.052, .036), _F(_CLOTH[a['hat_col']]), LIP['hat'], 180, 360)
+
+# %% ../nbs/01_synthetic.ipynb #c8087107
+@patch
+def pattern(self:_Figure):
+    "Stripes over the upper garment's pixels, or a logo on its front; labels unchanged."
+    a, P, lbl, img = self.a, self.P, self.lbl, self.img
     if a['pattern'] == 'stripes':
-        y0, y1 = P(0, .17)[1], P(0, hem)[1]; per = max(2, int(.045 * hp))
+        y0, y1 = P(0, .17)[1], P(0, self.hem)[1]; per = max(2, int(.045 * self.hp))
         rows = np.arange(max(0, y0), min(lbl.shape[0], y1))
         rows = rows[((rows - y0) // per) % 2 == 1]
         if len(rows):
-            sub = lbl[rows] == up_lab
-            img[rows] = np.where(sub[..., None], np.array(sec, np.uint8), img[rows])
-    elif a['pattern'] == 'logo' and view == 'front':
-        cv2.circle(img, P(0, .28), max(2, int(.04 * hp)), sec, -1)
-    # bags: not body, so label 0 where they cover the body
-    if a['bag'] == 'backpack':
-        if view == 'back': poly([(-.085 * b, .2), (.085 * b, .2), (.08 * b, .45), (-.08 * b, .45)], bagc, 0)
-        elif view == 'front':
-            for sgn in (-1, 1): limb((.07 * b * sgn, .17), (.075 * b * sgn, .36), .018, bagc, 0)
-    elif a['bag'] == 'shoulder':
-        sd = a['bag_side'] * (L if not side else d)
-        bx = (.14 if not side else .06) * b * sd
-        limb((-.08 * sd * b, .17), (bx, .42), .014, bagc, 0)
-        poly([(bx - .035, .4), (bx + .035, .4), (bx + .038, .53), (bx - .038, .53)], bagc, 0)
+            sub = lbl[rows] == self.up_lab
+            img[rows] = np.where(sub[..., None], np.array(self.sec, np.uint8), img[rows])
+    elif a['pattern'] == 'logo' and self.view == 'front':
+        cv2.circle(img, P(0, .28), max(2, int(.04 * self.hp)), self.sec, -1)
 
-# %% ../nbs/01_synthetic.ipynb #187f8b96
+@patch
+def bags(self:_Figure):
+    "A backpack (seen from the back, or its straps from the front) or a shoulder bag: labelled background."
+    a, b, bagc, bg = self.a, self.b, self.bagc, LIP['background']
+    if a['bag'] == 'backpack':
+        if self.view == 'back': self.poly([(-.085 * b, .2), (.085 * b, .2), (.08 * b, .45), (-.08 * b, .45)], bagc, bg)
+        elif self.view == 'front':
+            for sgn in (-1, 1): self.limb((.07 * b * sgn, .17), (.075 * b * sgn, .36), .018, bagc, bg)
+    elif a['bag'] == 'shoulder':
+        sd = a['bag_side'] * (self.L if not self.side else self.d)
+        bx = (.14 if not self.side else .06) * b * sd
+        self.limb((-.08 * sd * b, .17), (bx, .42), .014, bagc, bg)
+        self.poly([(bx - .035, .4), (bx + .035, .4), (bx + .038, .53), (bx - .038, .53)], bagc, bg)
+
+def _draw_person(img, lbl, a, view, phase, cx, top, hp):
+    "Draw identity `a` into `img` (BGR) and its LIP ids into `lbl` with the same shapes. view in front/back/left/right."
+    f = _Figure(img, lbl, a, view, phase, cx, top, hp)
+    if f.side: f.side_body()
+    else: f.front_body()
+    f.lower_garment(); f.near_arms(); f.head(); f.pattern(); f.bags()
+
+# %% ../nbs/01_synthetic.ipynb #8bc58071
+def _occluder(rng, cam):
+    if rng.random() >= cam['occ_p']: return None
+    return dict(type=str(rng.choice(['bottom', 'side', 'pole'])), a0=float(rng.uniform(.15, .35)), a1=float(rng.uniform(0, .9)),
+                right=float(rng.random()), col=[int(c) for c in rng.integers(20, 230, 3)])
+
+def _tracklet_jobs(rng, ident, cam, n, key, kind='person', step=None, frame_ids=None):
+    "Jobs for `n` frames of one walk of `ident` in `cam` (gait phase advances, box drifts a little)."
+    view = ['front', 'back', 'left', 'right'][int(rng.choice(4, p=cam['views']))]
+    lo, hi = cam['scale']
+    sc, tx, ty = rng.uniform(lo, hi), rng.normal(0, .04), rng.uniform(.2, .8)
+    if kind == 'junk':
+        sc, ty = (rng.uniform(1.3, 2.), rng.uniform(-.5, 1.3)) if rng.random() < .6 else (rng.uniform(.3, .5), rng.uniform(0, 1))
+        tx = rng.uniform(-.45, .45)
+    bgx, bgy, ph = rng.random(), rng.random(), rng.uniform(0, 2 * np.pi)
+    step = rng.uniform(.35, .6) if step is None else step
+    dtx, dsc = rng.normal(0, .01), rng.normal(0, .004)
+    occ = _occluder(rng, cam)
+    frame_ids = list(range(n)) if frame_ids is None else frame_ids
+    jobs = []
+    for i, f in enumerate(frame_ids):
+        jobs.append(dict(key=f'{key}/{f}', ckey=key, bgx0=float(bgx), kind=kind, ident=ident, cam=cam['idx'], view=view,
+                         phase=float(ph + step * f), scale=float(sc + dsc * i), tx=float(tx + dtx * i), ty=float(ty),
+                         bgx=float(np.clip(bgx + .003 * i, 0, 1)), bgy=float(bgy), occ=occ))
+    return jobs
+
+def _split_ids(rng, n_train, n_test, n_extra=0, max_pid=1501):
+    pool = np.arange(1, max(max_pid, 2 * (n_train + n_test + n_extra)) + 1)
+    pids = np.sort(rng.choice(pool, n_train + n_test + n_extra, replace=False))
+    perm = rng.permutation(len(pids))
+    tr, te, ex = perm[:n_train], perm[n_train:n_train + n_test], perm[n_train + n_test:]
+    return sorted(int(p) for p in pids[tr]), sorted(int(p) for p in pids[te]), sorted(int(p) for p in pids[ex])
+
+def _rng_range(rng, r): return int(rng.integers(r[0], r[1] + 1))
+
+# %% ../nbs/01_synthetic.ipynb #e2c66217
 _KEY_BGR = (255, 0, 255)  # the flat background of `plain_bg` renders (no garment uses it)
 
 def _render(job, cam, H, W, seed=0, plain_bg=False, person=True):
@@ -279,42 +359,7 @@ def _render(job, cam, H, W, seed=0, plain_bg=False, person=True):
         k = int(prng.choice([3, 5])); img = cv2.GaussianBlur(img, (k, k), 0)
     return img, lbl
 
-# %% ../nbs/01_synthetic.ipynb #cb83847d
-def _occluder(rng, cam):
-    if rng.random() >= cam['occ_p']: return None
-    return dict(type=str(rng.choice(['bottom', 'side', 'pole'])), a0=float(rng.uniform(.15, .35)), a1=float(rng.uniform(0, .9)),
-                right=float(rng.random()), col=[int(c) for c in rng.integers(20, 230, 3)])
-
-def _tracklet_jobs(rng, ident, cam, n, key, kind='person', step=None, frame_ids=None):
-    "Jobs for `n` frames of one walk of `ident` in `cam` (gait phase advances, box drifts a little)."
-    view = ['front', 'back', 'left', 'right'][int(rng.choice(4, p=cam['views']))]
-    lo, hi = cam['scale']
-    sc, tx, ty = rng.uniform(lo, hi), rng.normal(0, .04), rng.uniform(.2, .8)
-    if kind == 'junk':
-        sc, ty = (rng.uniform(1.3, 2.), rng.uniform(-.5, 1.3)) if rng.random() < .6 else (rng.uniform(.3, .5), rng.uniform(0, 1))
-        tx = rng.uniform(-.45, .45)
-    bgx, bgy, ph = rng.random(), rng.random(), rng.uniform(0, 2 * np.pi)
-    step = rng.uniform(.35, .6) if step is None else step
-    dtx, dsc = rng.normal(0, .01), rng.normal(0, .004)
-    occ = _occluder(rng, cam)
-    frame_ids = list(range(n)) if frame_ids is None else frame_ids
-    jobs = []
-    for i, f in enumerate(frame_ids):
-        jobs.append(dict(key=f'{key}/{f}', ckey=key, bgx0=float(bgx), kind=kind, ident=ident, cam=cam['idx'], view=view,
-                         phase=float(ph + step * f), scale=float(sc + dsc * i), tx=float(tx + dtx * i), ty=float(ty),
-                         bgx=float(np.clip(bgx + .003 * i, 0, 1)), bgy=float(bgy), occ=occ))
-    return jobs
-
-def _split_ids(rng, n_train, n_test, n_extra=0, max_pid=1501):
-    pool = np.arange(1, max(max_pid, 2 * (n_train + n_test + n_extra)) + 1)
-    pids = np.sort(rng.choice(pool, n_train + n_test + n_extra, replace=False))
-    perm = rng.permutation(len(pids))
-    tr, te, ex = perm[:n_train], perm[n_train:n_train + n_test], perm[n_train + n_test:]
-    return sorted(int(p) for p in pids[tr]), sorted(int(p) for p in pids[te]), sorted(int(p) for p in pids[ex])
-
-def _rng_range(rng, r): return int(rng.integers(r[0], r[1] + 1))
-
-# %% ../nbs/01_synthetic.ipynb #79763ef8
+# %% ../nbs/01_synthetic.ipynb #85a99a43
 def _cam_pick(rng, n_cams, n, distinct_first=2):
     "Cameras for `n` tracklets of one identity: the first `distinct_first` differ, the rest are free."
     k = min(distinct_first, n, n_cams)
@@ -416,7 +461,7 @@ def _plan_dukev(rng, p, cams):
                 jobs.append(j)
     return jobs, {}
 
-# %% ../nbs/01_synthetic.ipynb #001e22b1
+# %% ../nbs/01_synthetic.ipynb #79efd49a
 _DATASETS = {'market1501': ('Market-1501', _plan_market), 'mars': ('MARS', _plan_mars),
              'dukev': ('DukeMTMC-VideoReID', _plan_dukev)}  # name -> (root folder, planner)
 
@@ -500,7 +545,7 @@ def _run_jobs(jobs, cams, H, W, seed, root, dsdir, workers):
         pool.close(); pool.join()   # let the workers exit before `__exit__`'s terminate(), which can race the pool's
                                     # worker-replacing thread and leave a new worker blocked forever
 
-# %% ../nbs/01_synthetic.ipynb #dcad26e6
+# %% ../nbs/01_synthetic.ipynb #18c81dfe
 _MANIFEST = 'synthetic_manifest.json'
 
 def make_synthetic_reid(path,                                         # output folder (created)
@@ -563,7 +608,7 @@ def make_synthetic_reid(path,                                         # output f
         with atomic_path(mpath) as tp: tp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return path
 
-# %% ../nbs/01_synthetic.ipynb #ca896f30
+# %% ../nbs/01_synthetic.ipynb #1fed7d4e
 def _parse_range(name, s):
     "`'8'` -> 8, `'8,24'` -> (8, 24), None -> None; anything else raises `ReIDInputError` naming `--name`."
     if s is None or isinstance(s, (int, tuple, list)): return s

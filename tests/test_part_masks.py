@@ -6,9 +6,10 @@ import pytest
 from PIL import Image
 
 import iaunet_fastai.part_masks as pmod
+import iaunet_fastai.part_parsers as pparsers
 from iaunet_fastai.core import ReIDInputError
-from iaunet_fastai.part_masks import (LIP_GROUPING, lip_to_parts, load_part_masks, precompute_part_masks, resize_nearest,
-                                      PartMasks)
+from iaunet_fastai.part_labels import LIP_GROUPING, lip_to_parts, resize_nearest
+from iaunet_fastai.part_masks import load_part_masks, precompute_part_masks, PartMasks
 
 ROOT = Path(__file__).resolve().parents[1]
 _ORIG_WORK = pmod._work_chunk
@@ -186,9 +187,9 @@ class SimulatedCrash(RuntimeError): pass
 def counting(monkeypatch, fail_after=None):
     calls = []
     orig = _ORIG_WORK
-    def f(jobs, pool=None):
+    def f(parser, jobs, size, pool=None):
         if fail_after is not None and len(calls) >= fail_after: raise SimulatedCrash('simulated crash')
-        calls.append(len(jobs)); return orig(jobs, pool)
+        calls.append(len(jobs)); return orig(parser, jobs, size, pool)
     monkeypatch.setattr(pmod, '_work_chunk', f)
     return calls
 
@@ -259,11 +260,11 @@ def test_part_masks_lookup(tmp_path):
 
 def test_unforeseen_per_file_error_is_recorded_not_raised(tmp_path, monkeypatch):
     img_dir, lab_dir, names = write_dataset(tmp_path, n=3)
-    orig = pmod.read_lip_png
+    orig = pparsers.read_lip_png
     def flaky(path):
         if Path(path).stem == Path(names[1]).stem: raise MemoryError('simulated decoder failure')
         return orig(path)
-    monkeypatch.setattr(pmod, 'read_lip_png', flaky)
+    monkeypatch.setattr(pparsers, 'read_lip_png', flaky)
     pm = build(img_dir, tmp_path/'cache', lab_dir)
     assert pm.valid.tolist() == [True, False, True] and pm.meta['counts']['invalid_by_reason'] == {'error': 1}
     assert 'MemoryError' in pm.reason(names[1]) and Path(names[1]).stem in pm.reason(names[1])
@@ -308,3 +309,25 @@ def test_cli_and_data_prep_script(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT/'data_prep'/'part_masks.py'), str(img_dir), str(tmp_path/'c3'), '--label-dir',
                         str(tmp_path/'missing')], capture_output=True, text=True)
     assert r.returncode == 1 and 'label_dir not found' in r.stderr and 'Traceback' not in r.stderr
+
+
+# ---------------------------------------------------------------- module layout: no import cycle
+def _loaded_after(code):
+    r = subprocess.run([sys.executable, '-c', code + '; import sys; print(sorted(m for m in sys.modules if m.startswith("iaunet_fastai")))'],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    return set(eval(r.stdout.strip().splitlines()[-1]))
+
+
+def test_part_modules_import_alone_and_never_each_other():
+    "part_labels is pure; part_masks never loads schp (nor schp part_masks); the registry loads schp on first use."
+    import ast
+    assert _loaded_after('import iaunet_fastai.part_labels') <= {'iaunet_fastai', 'iaunet_fastai.core', 'iaunet_fastai.part_labels'}
+    assert 'iaunet_fastai.schp' not in _loaded_after('import iaunet_fastai.part_masks')
+    assert 'iaunet_fastai.part_masks' not in _loaded_after('import iaunet_fastai.schp')
+    assert 'iaunet_fastai.schp' in _loaded_after('from iaunet_fastai.part_parsers import parser_class; parser_class("schp")')
+    for a, b in (('part_masks', 'schp'), ('schp', 'part_masks'), ('part_parsers', 'part_masks'), ('part_labels', 'part_parsers')):
+        tree = ast.parse((ROOT/'iaunet_fastai'/f'{a}.py').read_text())
+        mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \
+               {x.name for n in ast.walk(tree) if isinstance(n, ast.Import) for x in n.names}
+        assert not any(m and m.split('.')[-1] == b for m in mods), f"{a} imports {b}"

@@ -151,7 +151,7 @@ def test_cache_notices_changed_label_files_and_redoes_just_those(world, tmp_path
     Image.fromarray(a2).save(f); os.utime(f, ns=(time.time_ns(), time.time_ns() + 10**9))
     calls = []
     orig = pmod._work_chunk
-    monkeypatch.setattr(pmod, '_work_chunk', lambda jobs, pool=None: calls.append(len(jobs)) or orig(jobs, pool))
+    monkeypatch.setattr(pmod, '_work_chunk', lambda parser, jobs, size, pool=None: calls.append(len(jobs)) or orig(parser, jobs, size, pool))
     pm2 = precompute_part_masks(img, tmp_path/'c', label_dir=labs, size=SIZE, progress=False)
     assert calls == [1] and 'up to date' not in capsys.readouterr().out
     assert set(np.unique(pm2.get(name))) <= {0, 1} and not np.array_equal(pm.get(name), pm2.get(name))
@@ -193,7 +193,7 @@ def test_killed_worker_and_unwritable_out_are_clear(world, tmp_path, monkeypatch
     (tmp_path/'file').write_text('x')
     with pytest.raises(ReIDInputError, match='not a writable folder'):
         precompute_part_masks(img, tmp_path/'file'/'c', label_dir=lab, size=SIZE, progress=False)
-    def broken(jobs, pool=None): raise BrokenProcessPool('A process in the process pool was terminated abruptly')
+    def broken(parser, jobs, size, pool=None): raise BrokenProcessPool('A process in the process pool was terminated abruptly')
     monkeypatch.setattr(pmod, '_work_chunk', broken)
     with pytest.raises(ReIDInputError, match='worker process died'):
         precompute_part_masks(img, tmp_path/'c', label_dir=lab, size=SIZE, progress=False)

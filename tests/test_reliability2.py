@@ -365,7 +365,7 @@ def _exif_rotated(path):
 
 
 def test_14_exif_orientation_is_applied_everywhere_images_are_read(tmp_path):
-    from iaunet_fastai.part_masks import _img_size
+    from iaunet_fastai.part_parsers import _img_size
     p = _exif_rotated(tmp_path/'r.jpg')
     assert load_reid_image(p).size == (20, 40)                    # displayed upright: 20 wide, 40 high
     a = np.asarray(load_reid_image(p))

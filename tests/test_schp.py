@@ -9,11 +9,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from iaunet_fastai.core import ReIDInputError
-from iaunet_fastai.part_masks import LIP_GROUPING, lip_to_parts, resize_nearest, precompute_part_masks, load_part_masks
+from iaunet_fastai.part_labels import LIP_GROUPING, lip_to_parts, resize_nearest, class_lut
+from iaunet_fastai.part_masks import precompute_part_masks, load_part_masks
 import iaunet_fastai.schp as schp
 from iaunet_fastai.schp import (SCHPNet, ActivatedBatchNorm, load_schp, read_schp_checkpoint, schp_center_scale, schp_affine,
                                 schp_warp_image, schp_normalize, warp_logits_back, schp_parse_images, schp_palette,
-                                SCHP_DATASETS, class_lut)
+                                SCHP_DATASETS)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent/'data'
