@@ -65,7 +65,7 @@ def case(N, D, every=1):
     X = torch.from_numpy(features(N, D)); Q = int(round(N * Q_SHARE))
     load0 = os.getloadavg()[0]
     f1 = floor_product(X, every=every)
-    phases = timed_phases(M, ['_knn', '_expansion_pairs', '_pair_sqdist', '_jaccard_into'])
+    phases = timed_phases(M, ['_knn', '_expansion_pairs', '_pair_sqdist', '_blend_into'])
     t = time.perf_counter(); d = M.re_ranking(X[:Q], X[Q:], k1=20, k2=6, lambda_=0.3); t_rr = time.perf_counter() - t
     f2 = floor_product(X, every=every)
     return dict(N=N, D=D, Q=Q, t_rerank=t_rr, t_floor=[f1, f2], ratio=t_rr / ((f1 + f2) / 2), phases=phases,
@@ -113,7 +113,7 @@ def table(rows):
          '| peak RSS (GB) | load avg | date, commit |', '|---|---:|---:|---:|---:|---|---:|---:|---|']
     for (eq, N, D), r in sorted(cases.items()):
         if eq: continue
-        p = r['phases']; ph = ' / '.join(f"{p.get(k, 0):.1f}" for k in ('_knn', '_expansion_pairs', '_pair_sqdist', '_jaccard_into'))
+        p = r['phases']; ph = ' / '.join(f"{p.get(k, 0):.1f}" for k in ('_knn', '_expansion_pairs', '_pair_sqdist', '_blend_into'))
         fl = f"{r['t_floor'][0]:.1f}, {r['t_floor'][1]:.1f}" + (f" (1/{r['floor_every']} timed)" if r.get('floor_every', 1) > 1 else '')
         L.append(f"| {N:,} ({r['Q']:,} + {N - r['Q']:,}) | {D} | {r['t_rerank']:.1f} | {fl} "
                  f"| **{r['ratio']:.2f}×** | {ph} | {r['peak_rss_gb']:.2f} | {r['load'][0]:.1f} → {r['load'][1]:.1f} | {r['date']}, {r['commit']} |")

@@ -7,7 +7,13 @@ from .core import *
 from . import config as reid_defaults   # every default written once (ARCH, IMG_SIZE, P, K, ...)
 from .synthetic import *
 from .datasets import *
-from .data import *
+from .images import *
+from .transforms import *
+from .sampler import *
+from .items import *
+from .preflight import *
+from .workers import *
+from .loaders import *      # reid_dls; `iaunet_fastai.data` re-exports these seven data modules
 from .part_labels import *
 from .part_parsers import *
 from .part_masks import *
@@ -25,6 +31,7 @@ from .inference import *
 from .interpret import *
 from .native import *
 from .run_guards import *
+from .train_callbacks import *   # checkpoint + ResumeState, StopOnSignal, RunCSVLogger
 from .commands import *
 from .gallery import *
 from .targets import *        # cross-domain CLI runs (--sources/--targets), eval --verify

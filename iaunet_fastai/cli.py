@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['SUBCOMMANDS', 'main', 'run_subcommand']
 
-# %% ../nbs/11_cli.ipynb #1a92a839
+# %% ../nbs/11_cli.ipynb #74e5f4ce
 import sys, importlib
 from fastcore.script import anno_parser
 from .core import *
@@ -50,6 +50,7 @@ def main(argv=None):
     res = run_subcommand(fn, rest, prog=f'iaunet {sub}')
     return res if isinstance(res, int) else 0
 
+# %% ../nbs/11_cli.ipynb #1de9e69f
 def _positive_flags(p):
     "For each `--no-x` flag (a bool option whose default is True) accept `--x` too (a no-op that states the default)."
     import argparse
@@ -58,15 +59,21 @@ def _positive_flags(p):
             if o.startswith('--no-') and is_store_false(a):
                 p.add_argument('--' + o[5:], dest=a.dest, action='store_true', help=argparse.SUPPRESS)
 
+def _typed_names(p, argv) -> set:
+    "The destinations of the options typed in `argv` (parsed once more with every default suppressed)."
+    import argparse
+    for a in parser_actions(p): a.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
 def run_subcommand(fn, argv, prog=None):
-    "Parse `argv` with `fn`'s docments (fastcore `anno_parser`) and call it; input errors exit with code 1."
-    f = getattr(fn, '__wrapped__', fn)
-    p = anno_parser(f)
+    """Parse `argv` with `fn`'s docments (fastcore `anno_parser`) and call `fn` with the options typed there (the others
+    keep `fn`'s defaults); input errors exit with code 1."""
+    p = anno_parser(getattr(fn, '__wrapped__', fn))
     _positive_flags(p)
     if prog: p.prog = prog
-    args = p.parse_args(argv).__dict__
-    args.pop('pdb', None); args.pop('xtra', None)
-    try: return f(**args)
+    args = vars(p.parse_args(argv))
+    typed = _typed_names(p, argv) - {'pdb', 'xtra'}
+    try: return fn(**{k: v for k, v in args.items() if k in typed})
     except ReIDInputError as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr); return 1
     except BrokenPipeError:     # the reader of stdout went away (`| head`): nothing more to say to it
@@ -81,5 +88,4 @@ def _silence_stdout():
     try: os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (OSError, ValueError, AttributeError): pass
 
-# %% ../nbs/11_cli.ipynb #80e10a0d
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # `python -m iaunet_fastai.cli ...`

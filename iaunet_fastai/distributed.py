@@ -15,7 +15,7 @@ import torch.distributed as dist
 from fastai.torch_core import num_distrib
 import fastai.distributed            # patches `Learner.distrib_ctx` (needs `accelerate`, a dependency)
 from fastai.distributed import DistributedDL, DistributedTrainer
-from .data import _AsyncToDevice
+from .workers import KeptWorkersDL
 
 # %% ../nbs/10d_distributed.ipynb #8de7c8bd
 def is_distributed() -> bool:
@@ -82,7 +82,7 @@ def broadcast_object(obj, src:int=0):
     return l[0]
 
 # %% ../nbs/10d_distributed.ipynb #f79923f9
-class ReIDDistributedDL(_AsyncToDevice, DistributedDL):
+class ReIDDistributedDL(KeptWorkersDL, DistributedDL):
     """fastai's `DistributedDL` whose index broadcast works with any backend (gloo on the CPU, NCCL on GPUs) and any
     picklable indices (the `(row, frames)` clip specs of video P×K loaders). Without a process group the indices are
     used as they are (e.g. to simulate a rank in a test; processes given the same seed draw the same ones). Started by
@@ -91,7 +91,7 @@ class ReIDDistributedDL(_AsyncToDevice, DistributedDL):
     when the loader it wraps does (`reid_dls(persistent_workers=True)`): the wrapper takes over (the wrapped loader's
     own idle workers are stopped)."""
     def __init__(self, dl, *args, **kwargs):
-        if isinstance(dl, _AsyncToDevice): dl.shutdown_workers()
+        if isinstance(dl, KeptWorkersDL): dl.shutdown_workers()
         super().__init__(dl, *args, **kwargs)
 
     def _broadcast(self, t, rank):

@@ -38,7 +38,7 @@ def export_onnx(model, fname, dynamo=True, opset=None) -> Path:
     axis (`images` → `embeddings`), atomically; the metadata records the input size, T, normalisation and dim."""
     onnx, _ = _onnx_modules()
     if isinstance(model, (str, Path)):
-        from iaunet_fastai.commands import load_model_file
+        from iaunet_fastai.inference import load_model_file
         model = load_model_file(model)
     model = getattr(model, 'model', model).cpu().eval()
     x = _example_input(model)
@@ -88,7 +88,7 @@ def export_cli(model:str,                # model file from `iaunet train` (model
                no_check:bool=False,      # skip the onnxruntime check against PyTorch at batch 1, 7 and 64
                overwrite:bool=False):    # replace an existing --onnx file
     "Export a trained model to ONNX (`images` [B,3,H,W] or [B,T,3,H,W] normalised → `embeddings` [B,D]) and check it."
-    from iaunet_fastai.commands import check_out_file, load_model_file
+    from iaunet_fastai.inference import load_model_file
     out = check_out_file(onnx, overwrite, '--onnx')
     _onnx_modules()
     m = load_model_file(model)

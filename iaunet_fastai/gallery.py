@@ -6,7 +6,7 @@
 __all__ = ['GALLERY_FORMAT', 'BUILD_CHUNK', 'model_fingerprint', 'Embeddings', 'extractor', 'embed', 'gallery_items',
            'topk_search', 'ReIDGallery', 'show_search', 'index_cli', 'search_cli']
 
-# %% ../nbs/10h_gallery.ipynb #5ec00450
+# %% ../nbs/10h_gallery.ipynb #34bc48e9
 from .core import *
 import hashlib, json, math, re
 from pathlib import Path
@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from .datasets import MARKET_PAT
 from .inference import FeatureExtractor
+from .data import frame_items
 
-# %% ../nbs/10h_gallery.ipynb #130b91a8
+# %% ../nbs/10h_gallery.ipynb #eea8e0ba
 def model_fingerprint(model, size=(256, 128), flip_tta=False) -> str:
     """16 hex digits of sha256 over the model's class, state dict (sorted keys, shapes, dtypes, bytes) and the embedding
     settings: equal fingerprints mean the same embedding function."""
@@ -39,13 +40,14 @@ class Embeddings(NamedTuple):
 def extractor(model, size=None, flip_tta=False, bs=64, device=None) -> FeatureExtractor:
     "A `FeatureExtractor` (one process) for a model file, `Learner` or model, with its `.fingerprint`."
     if isinstance(model, (str, Path)):
-        from iaunet_fastai.commands import load_model_file
+        from iaunet_fastai.inference import load_model_file
         model = load_model_file(model)
     fx = FeatureExtractor(model, size=size, device=device, bs=bs, flip_tta=flip_tta, distributed=False)
     fx.fingerprint = model_fingerprint(fx.model, fx.size, flip_tta)
     return fx
 
-def _name(x, i):
+def _item_name(x, i):
+    "A result's name for item `i`: its path, its tracklet's paths joined by ';', else its position."
     if isinstance(x, (str, Path)): return str(x)
     if isinstance(x, (list, tuple)) and x and isinstance(x[0], (str, Path)): return ';'.join(map(str, x))
     return i
@@ -54,9 +56,9 @@ def embed(model, items, **kwargs) -> Embeddings:
     "`Embeddings` of images or tracklets (paths, PIL images, arrays) with `model` (file, `Learner`, model or extractor)."
     fx = model if isinstance(model, FeatureExtractor) and hasattr(model, 'fingerprint') else extractor(model, **kwargs)
     items = list(items)
-    return Embeddings(fx(items).numpy(), fx.fingerprint, [_name(x, i) for i, x in enumerate(items)])
+    return Embeddings(fx(items).numpy(), fx.fingerprint, [_item_name(x, i) for i, x in enumerate(items)])
 
-# %% ../nbs/10h_gallery.ipynb #401acc13
+# %% ../nbs/10h_gallery.ipynb #d552fb82
 def _ids_from_names(paths):
     "pid / camid (0-based) from Market-style file names, `<NA>` where a name does not match."
     pat = re.compile(MARKET_PAT)
@@ -70,8 +72,22 @@ def _read_items_file(p):
         df = pd.read_csv(p)
         if 'paths' in df.columns: df['paths'] = df['paths'].map(lambda s: [t for t in str(s).split(';') if t])
         return df
-    from iaunet_fastai.commands import _read_list
-    return _read_list(p)
+    from iaunet_fastai.datasets import read_item_list
+    return read_item_list(p)
+
+# %% ../nbs/10h_gallery.ipynb #a00a9904
+def _as_item(x):
+    "An item as stored: an image path (str) or a tracklet (list of str)."
+    return list(map(str, x)) if isinstance(x, (list, tuple)) else str(x)
+
+def _frame_table(df):
+    "Metadata of a canonical frame: its items (`frame_items`) as column `item`, its other columns, nullable ids."
+    items, cols = [_as_item(x) for x in frame_items(df)], [c for c in ('path', 'paths') if c in df.columns]
+    at = list(df.columns).index(cols[0])
+    df = df.reset_index(drop=True).drop(columns=cols)
+    df.insert(at, 'item', pd.Series(items, dtype=object))                  # where the items were
+    for c in ('pid', 'camid'): df[c] = pd.array(df[c], dtype='Int64') if c in df.columns else pd.array([None] * len(df), dtype='Int64')
+    return df
 
 def gallery_items(items) -> pd.DataFrame:
     """Metadata table of `items`: a folder (images, recursive, sorted), a list file (one image per line, or a tracklet
@@ -82,14 +98,9 @@ def gallery_items(items) -> pd.DataFrame:
         if p.is_dir(): items = sorted(str(f) for f in p.rglob('*') if is_image_file(f))
         elif p.is_file(): items = _read_items_file(p)
         else: raise ReIDInputError(f"items: '{p}' is neither a folder nor a list/.csv file")
-    if isinstance(items, pd.DataFrame):
-        col = 'paths' if 'paths' in items.columns else 'path' if 'path' in items.columns else None
-        if col is None: raise ReIDInputError(f"items DataFrame needs a 'path' or 'paths' column, has {list(items.columns)}")
-        df = items.reset_index(drop=True).rename(columns={col: 'item'})
-        df['item'] = [list(map(str, x)) if col == 'paths' else str(x) for x in df['item']]
-        for c in ('pid', 'camid'): df[c] = pd.array(df[c], dtype='Int64') if c in df.columns else pd.array([None] * len(df), dtype='Int64')
+    if isinstance(items, pd.DataFrame): df = _frame_table(items)
     else:
-        items = [list(map(str, x)) if isinstance(x, (list, tuple)) else str(x) for x in items]
+        items = [_as_item(x) for x in items]
         pid, cam = _ids_from_names([x[0] if isinstance(x, list) else x for x in items])
         df = pd.DataFrame(dict(item=pd.Series(items, dtype=object), pid=pid, camid=cam))
     if not len(df): raise ReIDInputError("items: nothing to add (no images found)")
@@ -99,9 +110,10 @@ def gallery_items(items) -> pd.DataFrame:
     return df
 
 def _items_digest(df):
+    "16 hex digits identifying a shard's item list (an interrupted build resumes only with the same items)."
     return hashlib.sha256(json.dumps([x for x in df['item']]).encode()).hexdigest()[:16]
 
-# %% ../nbs/10h_gallery.ipynb #004a208c
+# %% ../nbs/10h_gallery.ipynb #dbcda66e
 def _chunk_topk(d, k, cols):
     "`(dist, idx)` [M, k']: the `k` smallest of `d` [M, C] per row, ties by column order; `cols` maps columns to gallery indices."
     kk = min(k, d.shape[1])
@@ -122,6 +134,7 @@ def _merge_sorted(rv, ri, v, i, k):
     o = v.argsort(dim=1, stable=True)[:, :k]
     return v.gather(1, o), i.gather(1, o)
 
+# %% ../nbs/10h_gallery.ipynb #6a7a7b55
 def topk_search(q, shards, k=10, allowed=None, device=None, chunk=None):
     """`(dist [M, k'], idx [M, k'])`: the `k` nearest gallery items (cosine distance) of queries `q` [M, D] over `shards`
     (arrays or memmaps, concatenated in order), `k' = min(k, allowed items)`; `allowed` (sorted global indices) restricts
@@ -275,7 +288,7 @@ def _add(self, items, model=None, bs=64, device=None, chunk=BUILD_CHUNK, progres
 
 ReIDGallery._extractor_for, ReIDGallery.add = _extractor_for, _add
 
-# %% ../nbs/10h_gallery.ipynb #798f87ad
+# %% ../nbs/10h_gallery.ipynb #97a469d6
 def _query_features(self, query, model=None):
     "`(features [M, D], names)` of a query, with the fingerprint check."
     if isinstance(query, ReIDGallery): query = Embeddings(np.concatenate(query.shards), query.fingerprint, list(query.meta['item']))
@@ -292,6 +305,9 @@ def _query_features(self, query, model=None):
     e = embed(self._extractor_for(model), items)
     return e.features, e.names
 
+ReIDGallery._query_features = _query_features
+
+# %% ../nbs/10h_gallery.ipynb #e95aed39
 def _allowed(self, where):
     "Sorted gallery indices that pass `where` (None: all)."
     if where is None: return None
@@ -305,10 +321,14 @@ def _allowed(self, where):
         mask = np.ones(len(m), bool)
         for c, v in where.items(): mask &= m[c].isin(v if isinstance(v, (list, tuple, set)) else [v]).to_numpy(bool)
     else: mask = where(m) if callable(where) else where
+    if isinstance(mask, pd.Series): mask = mask.fillna(False)        # unknown metadata (<NA>) does not pass
     mask = np.asarray(mask, dtype=bool).reshape(-1)
     if len(mask) != len(m): raise ReIDInputError(f"where: a mask of {len(mask)} values for {len(m)} gallery items")
     return np.flatnonzero(mask)
 
+ReIDGallery._allowed = _allowed
+
+# %% ../nbs/10h_gallery.ipynb #8e96f150
 def _search(self, query, k=10, where=None, model=None, device=None, chunk=None, backend='exact'):
     """Top-`k` gallery items of each query: a DataFrame with `query`, `rank` (1..k), `distance` (cosine), `gallery_idx`
     and the gallery metadata. `backend='faiss'` uses the index of `build_faiss` (approximate)."""
@@ -324,7 +344,7 @@ def _search(self, query, k=10, where=None, model=None, device=None, chunk=None, 
     res = pd.DataFrame(dict(query=[names[j] for j in qi], rank=rank + 1, distance=d[qi, rank], gallery_idx=i[qi, rank]))
     return pd.concat([res, self.meta.iloc[res.gallery_idx].reset_index(drop=True)], axis=1)
 
-ReIDGallery._query_features, ReIDGallery._allowed, ReIDGallery.search = _query_features, _allowed, _search
+ReIDGallery.search = _search
 
 # %% ../nbs/10h_gallery.ipynb #60686e4b
 def _need_faiss():
@@ -396,7 +416,7 @@ def show_search(gallery, results, queries=None, query_pids=None, n_queries=None,
     fig.tight_layout()
     return fig
 
-# %% ../nbs/10h_gallery.ipynb #f744bfa3
+# %% ../nbs/10h_gallery.ipynb #8006aa92
 def index_cli(action:str,               # 'build' (MODEL ITEMS --out DIR) or 'add' (DIR ITEMS)
               src:str,                  # build: the model file (model.pth from `iaunet train`, or a fastai .pkl export); add: the gallery folder
               items:str,                # a folder of images, a list file (one image per line, or a tracklet per line: frames joined by ';') or a canonical .csv
@@ -433,7 +453,7 @@ def search_cli(gallery:str,             # the gallery folder (from `iaunet index
     if missing: raise ReIDInputError(f"query: {len(missing)} file(s) not found, e.g. '{missing[0]}'")
     if not qs: raise ReIDInputError("query: no images")
     if csv:
-        from iaunet_fastai.commands import check_out_file
+        from iaunet_fastai.core import check_out_file
         csv = check_out_file(csv, overwrite=True, what='--csv')
     res = gal.search(qs, k=K, where=where, model=model, backend=backend)
     with pd.option_context('display.max_colwidth', 60, 'display.width', 200):

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 from fastcore.basics import *
-from .data import _denorm, _PART_CMAP, frame_items
+from .items import frame_items
+from .loaders import _denorm, _PART_CMAP
 from .metrics import evaluate_retrieval
 from .callbacks import resolve_gallery
 from .reid_learner import dls_attr
@@ -21,7 +22,7 @@ from .reid_learner import dls_attr
 # %% ../nbs/10e_interpret.ipynb #bca656bd
 def _first_clip(item, T):
     "The frames of the first evaluation clip of a tracklet (an image: itself)."
-    from iaunet_fastai.data import eval_clips
+    from iaunet_fastai.sampler import eval_clips
     if not isinstance(item, (list, tuple)): return item
     return [list(item)[j] for j in eval_clips(len(item), T)[0]]
 

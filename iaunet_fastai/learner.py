@@ -37,20 +37,20 @@ class LossTerms(Callback):
     order = 60
     def __init__(self, terms=('ce', 'triplet', 'mask')):
         self.terms = terms
-        self._acc, self.count = None, 0
+        self._running_sums, self.count = None, 0
         self.metrics = [ComputedMetric(self, f'train_{t}') for t in terms]
-    def before_train(self): self._acc, self.count, self._all = None, 0, None
+    def before_train(self): self._running_sums, self.count, self._all = None, 0, None
     @property
     def sums(self) -> dict:
         "The epoch's running sums `{term: bs-weighted sum}` (0-d device tensors; 0. before any batch)."
-        return {t: (0. if self._acc is None else self._acc[i]) for i, t in enumerate(self.terms)}
+        return {t: (0. if self._running_sums is None else self._running_sums[i]) for i, t in enumerate(self.terms)}
     def after_batch(self):
         if not self.training or len(self.yb) == 0: return
         bs = len(self.yb[0])
         vs = [getattr(self.learn.loss_func, t, 0.) for t in self.terms]
         dev = next((v.device for v in vs if torch.is_tensor(v)), torch.device('cpu'))
         v = torch.stack([v.detach().float() if torch.is_tensor(v) else torch.full((), float(v), device=dev) for v in vs])
-        self._acc = v * bs if self._acc is None else torch.add(self._acc.to(v.device), v, alpha=bs)   # on the device: 2 kernels
+        self._running_sums = v * bs if self._running_sums is None else torch.add(self._running_sums.to(v.device), v, alpha=bs)   # on the device: 2 kernels
         self.count += bs
     def after_train(self):
         "Under distributed training, sum the epoch's terms over all processes (every process runs this event)."
@@ -67,7 +67,7 @@ class LossTerms(Callback):
 @patch
 def state_dict(self:LossTerms) -> dict:
     "The training epoch's running sums as plain numbers: `{'acc': [bs-weighted sum per term] or None, 'count': samples}`."
-    return {'acc': None if self._acc is None else [float(v) for v in self._acc], 'count': int(self.count)}
+    return {'acc': None if self._running_sums is None else [float(v) for v in self._running_sums], 'count': int(self.count)}
 
 @patch
 def load_state_dict(self:LossTerms, d:dict):
@@ -76,7 +76,7 @@ def load_state_dict(self:LossTerms, d:dict):
     if acc is not None and len(acc) != len(self.terms):
         raise ReIDInputError(f"LossTerms state: 'acc' needs one sum per term {self.terms}, got {acc!r}")
     if not isinstance(count, int) or count < 0: raise ReIDInputError(f"LossTerms state: 'count' must be an int >= 0, got {count!r}")
-    self._acc = None if acc is None else torch.tensor(acc, dtype=torch.float32)
+    self._running_sums = None if acc is None else torch.tensor(acc, dtype=torch.float32)
     self.count, self._all = count, None
 
 # %% ../nbs/10_learner.ipynb #7df96bc5

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from fastcore.basics import *
 from fastcore.foundation import L
 from fastai.callback.core import Callback
-from .data import _denorm, _plain, ReIDEvalDL
+from .transforms import _plain
+from .loaders import _denorm, ReIDEvalDL
 from .losses import TripletLoss
 from .reid_learner import ReIDLearner
 

@@ -21,7 +21,9 @@ from fastai.callback.progress import ProgressCallback
 from fastai.torch_core import rank_distrib
 import fastai.callback.hook        # `Learner.summary`
 from .compat import per_batch_events
-from .data import _check_batch_tfms, ReIDTestItems, PKDataLoader, frame_items
+from .transforms import _check_batch_tfms
+from .items import ReIDTestItems, frame_items
+from .loaders import PKDataLoader
 from .metrics import aggregate_tracklets, pairwise_distance, show_ranked
 from .distributed import ReIDDistributedTrainer   # also imports fastai.distributed (`Learner.distrib_ctx`)
 

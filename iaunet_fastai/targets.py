@@ -8,7 +8,7 @@ for a trained model and adds the open-set verification numbers (TPR@FPR, AUC, EE
 __all__ = ['FPRS', 'parse_targets', 'cross_domain_df', 'cross_domain_setup', 'TargetEvaluator', 'verification_summary',
            'verification_line', 'evaluate_frame', 'write_target_results', 'eval_targets']
 
-# %% ../nbs/10g_targets.ipynb #f0244f04
+# %% ../nbs/10g_targets.ipynb #21170232
 from .core import *
 import json, math
 from pathlib import Path
@@ -18,11 +18,12 @@ import torch
 from .callbacks import RetrievalEvaluator, RetrievalMetric
 from .metrics import evaluate_retrieval, query_gallery_split, re_ranking, plot_cmc
 from .verification import verification_report, plot_verification
+from .data import frame_items
 
-# %% ../nbs/10g_targets.ipynb #fae322e5
+# %% ../nbs/10g_targets.ipynb #f5e1ab41
 def parse_targets(pairs, what='--targets') -> dict:
     "`{name: root}` from `['name=root', ...]`, with a `ReIDInputError` naming `what` for anything else."
-    from iaunet_fastai.commands import DATASETS
+    from iaunet_fastai.datasets import DATASETS
     out = {}
     for p in ([pairs] if isinstance(pairs, str) else list(pairs or [])):
         name, sep, root = str(p).partition('=')
@@ -35,9 +36,10 @@ def parse_targets(pairs, what='--targets') -> dict:
     if not out: raise ReIDInputError(f"{what} needs at least one name=root pair")
     return out
 
+# %% ../nbs/10g_targets.ipynb #b5114794
 def cross_domain_df(sources, targets, video=False) -> pd.DataFrame:
     "The `combine_datasets` frame of `--sources` (train splits) and `--targets` (query/gallery splits), checked."
-    from iaunet_fastai.commands import dataset_df
+    from iaunet_fastai.datasets import dataset_df
     from iaunet_fastai.datasets import combine_datasets
     src, tgt = parse_targets(sources, '--sources'), parse_targets(targets, '--targets')
     both = {n for n in src if n in tgt and Path(src[n]).expanduser().resolve() != Path(tgt[n]).expanduser().resolve()}
@@ -49,7 +51,8 @@ def cross_domain_df(sources, targets, video=False) -> pd.DataFrame:
 def cross_domain_setup(sources, targets, dataset=None, root=None, video=False, mars_protocol='official'):
     """What `iaunet train --sources ... --targets ...` trains and scores: `(df, gallery, protocol, galleries)` with
     `galleries` = {target: 'all' | 'non_query'} (each target's own protocol), every target checked for a usable query set."""
-    from iaunet_fastai.commands import check_query_gallery, mars_gallery
+    from iaunet_fastai.callbacks import mars_gallery
+    from iaunet_fastai.run_guards import check_query_gallery
     if dataset is not None or root is not None:
         raise ReIDInputError("--sources/--targets replace --dataset/--root: pass one or the other")
     if not sources or not targets: raise ReIDInputError("cross-domain training needs both --sources and --targets (name=root pairs)")
@@ -58,8 +61,8 @@ def cross_domain_setup(sources, targets, dataset=None, root=None, video=False, m
     for t, (g, _) in prots.items(): check_query_gallery(df[df.dataset == t], g)
     return df, 'non_query', '; '.join(f"{t}: {p}" for t, (_, p) in prots.items()), {t: g for t, (g, _) in prots.items()}
 
-# %% ../nbs/10g_targets.ipynb #33654e09
-def _plain(r) -> dict:
+# %% ../nbs/10g_targets.ipynb #b328da82
+def _json_ready(r) -> dict:
     "A result dict as JSON-ready numbers (arrays as lists)."
     return {k: (v.tolist() if hasattr(v, 'tolist') else v) for k, v in r.items()}
 
@@ -77,11 +80,11 @@ class TargetEvaluator(RetrievalEvaluator):
             m = torch.as_tensor(names == t)
             r = evaluate_retrieval(*query_gallery_split(feats[m], pids[m], camids[m], is_query[m], gallery),
                                    metric=self.metric, **self.eval_kwargs)
-            per[t] = _plain(r)
+            per[t] = _json_ready(r)
             out.update({f'{t}_{k}': r[k] for k in ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP')})
         return dict(out, targets=per)
 
-# %% ../nbs/10g_targets.ipynb #82fd6f66
+# %% ../nbs/10g_targets.ipynb #d2ad7acf
 FPRS = (1e-4, 1e-3, 1e-2)    # the FPRs `--verify` reports
 
 def verification_summary(rep) -> dict:
@@ -93,6 +96,7 @@ def verification_line(rep) -> str:
     at = '  '.join(f"TPR@FPR={f:g} {rep['tpr@fpr'][f]:.4f} (d<={rep['threshold@fpr'][f]:.4f})" for f in rep['tpr@fpr'])
     return f"verification: {at}  AUC {rep['auc']:.4f}  EER {rep['eer']:.4f} (d={rep['eer_threshold']:.4f})"
 
+# %% ../nbs/10g_targets.ipynb #8ff89694
 def _save_fig(fig, fname):
     import matplotlib.pyplot as plt
     with atomic_path(fname) as tmp: fig.savefig(tmp, bbox_inches='tight', format='png')
@@ -102,12 +106,11 @@ def evaluate_frame(fx, df, gallery='non_query', protocol='', rerank=False, k1=20
     """Rank-1/5/10/20, mAP, mINP of `df`'s queries against its gallery with the embeddings of `fx` (a
     `FeatureExtractor`), printed; with `verify` also the verification numbers (`res['verification']`) and, given
     `out`, `roc.png` (`roc-<name>.png` for a named target)."""
-    from iaunet_fastai.commands import check_query_gallery
+    from iaunet_fastai.run_guards import check_query_gallery
     import matplotlib; matplotlib.use('Agg')
     q, g = df[df.split == 'query'], df[df.split == 'gallery']
     check_query_gallery(df, gallery)
-    col = 'paths' if 'paths' in df.columns else 'path'
-    qf, gf = fx(list(q[col])), fx(list(g[col]))
+    qf, gf = fx(frame_items(q)), fx(frame_items(g))
     gp, gc = g.pid.values, g.camid.values
     if gallery == 'all': gf, gp, gc = torch.cat([gf, qf]), np.r_[gp, q.pid.values], np.r_[gc, q.camid.values]
     kw = dict(dist=re_ranking(qf, gf, k1=k1, k2=k2)) if rerank else dict(qf=qf, gf=gf)
@@ -122,14 +125,14 @@ def evaluate_frame(fx, df, gallery='non_query', protocol='', rerank=False, k1=20
         if out is not None: _save_fig(plot_verification(rep), Path(out)/(f'roc-{name}.png' if name else 'roc.png'))
     return res
 
-# %% ../nbs/10g_targets.ipynb #edb7775a
+# %% ../nbs/10g_targets.ipynb #e4893af0
 def write_target_results(per, out=None, protocols=None) -> int:
     "Print a one-line summary per target and write `metrics.json` (`targets`: each target's result) and `cmc.png` to `out`."
     import matplotlib; matplotlib.use('Agg')
     for t, r in per.items(): print(f"target {t}: rank-1 {r['rank1']:.4f}  mAP {r['mAP']:.4f}  mINP {r['mINP']:.4f}")
     if out is None: return 0
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    d = dict(targets={t: _plain(r) for t, r in per.items()})
+    d = dict(targets={t: _json_ready(r) for t, r in per.items()})
     if protocols: d['protocols'] = protocols
     with atomic_path(out/'metrics.json') as tmp: tmp.write_text(json.dumps(d, indent=1))
     ax = plot_cmc(list(per.values()), labels=list(per), dpi=80)
@@ -138,7 +141,8 @@ def write_target_results(per, out=None, protocols=None) -> int:
 
 def eval_targets(fx, targets, video=False, mars_protocol='official', out=None, **kwargs) -> int:
     "`iaunet eval --targets`: `evaluate_frame` on every target (its own protocol), then `write_target_results`."
-    from iaunet_fastai.commands import dataset_df, mars_gallery
+    from iaunet_fastai.datasets import dataset_df
+    from iaunet_fastai.callbacks import mars_gallery
     per, prots = {}, {}
     for name, root in parse_targets(targets).items():
         gallery, prots[name] = mars_gallery(name, video, mars_protocol)

@@ -8,14 +8,15 @@ the pictures (ROC with distance histograms, reliability diagram)."""
 __all__ = ['FPR_GRID', 'float_keys', 'key_values', 'verification_report', 'sklearn_verification', 'pair_arrays', 'Verifier',
            'fit_verifier', 'load_verifier', 'reliability_table', 'plot_reliability', 'plot_verification']
 
-# %% ../nbs/08b_verification.ipynb #0ea965c6
+# %% ../nbs/08b_verification.ipynb #3dd0e493
 from .core import *
 import math
 import numpy as np
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
-from .metrics import pairwise_distance, _prep_features, _check_ids, _same_pid_index
+from .metrics import pairwise_distance, _check_ids, _check_metric, _same_pid_index, RANK_CHUNK_CELLS
+from .metrics import _distance_inputs, _feature_chunks, _matrix_chunks
 
 # %% ../nbs/08b_verification.ipynb #1cc51953
 _PB, _LB = 20, 12                                   # key = prefix (top 20 bits) : low (12 bits)
@@ -36,19 +37,12 @@ def _low(k): return (k & ((1 << _LB) - 1)).long()
 def _bin_key(b, low): return int(((int(b) - (_NB >> 1)) << _LB) | int(low))   # key of (bin, low)
 def _bin(key): return (int(key) >> _LB) + (_NB >> 1)                           # bin of a key
 
-# %% ../nbs/08b_verification.ipynb #35f91472
+# %% ../nbs/08b_verification.ipynb #cb9dfdc6
 class _Pairs:
     "Query×gallery pairs of a verification problem, served as distance blocks with their same-pid pairs."
     def __init__(self, qf, gf, q_pids, g_pids, q_camids, g_camids, metric, dist, chunk_size, device):
-        if metric not in ('cosine', 'euclidean'): raise ReIDInputError(f"`metric` must be 'cosine' or 'euclidean', got {metric!r}")
-        if dist is not None:
-            dev = best_device(device) if device is not None else (dist.device if isinstance(dist, torch.Tensor) else torch.device('cpu'))
-            self.D = _prep_features(dist, 'dist', dev, check=False); Q, G = self.D.shape
-        else:
-            dev = best_device(device) if device is not None else (qf.device if isinstance(qf, torch.Tensor) else torch.device('cpu'))
-            qf, gf = _prep_features(qf, 'qf', dev), _prep_features(gf, 'gf', dev)
-            if qf.shape[1] != gf.shape[1]: raise ReIDInputError(f"`qf` has dim {qf.shape[1]} but `gf` has dim {gf.shape[1]}")
-            Q, G, self.D = len(qf), len(gf), None
+        _check_metric(metric)
+        dev, Q, G, qf, gf, self.D = _distance_inputs(qf, gf, dist, device)
         qp, gp = _check_ids(q_pids, Q, 'q_pids').to(dev), _check_ids(g_pids, G, 'g_pids').to(dev)
         if (q_camids is None) != (g_camids is None): raise ReIDInputError("pass both `q_camids` and `g_camids`, or neither")
         cams = q_camids is not None
@@ -57,39 +51,33 @@ class _Pairs:
         self.qkeep, self.gkeep = (qp != -1).nonzero().flatten(), (gp != -1).nonzero().flatten()   # pid -1: in no pair
         if not len(self.qkeep) or not len(self.gkeep): raise ReIDInputError("no query or no gallery item with a pid other than -1")
         self.qp, self.qc, self.gp, self.gc = qp[self.qkeep], qc[self.qkeep], gp[self.gkeep], gc[self.gkeep]
-        if dist is None:
-            self.qf, self.gf = qf[self.qkeep], gf[self.gkeep]
-            self.gnorm = self.gf.float().norm(dim=1)
-            if metric == 'cosine': self.gnorm.clamp_min_(1e-12)
+        if self.D is None: self.qf, self.gf = qf[self.qkeep], gf[self.gkeep]
         self.cams, self.metric, self.dev = cams, metric, dev
         self.Q, self.G = len(self.qp), len(self.gp)
-        self.cs = int(chunk_size or max(1, min(self.Q, 2**23 // self.G)))
+        self.cs = int(chunk_size or max(1, min(self.Q, RANK_CHUNK_CELLS // self.G)))
         self.order, self.qstart, self.qlen = _same_pid_index(self.qp, self.gp)
+
+    def _distance_chunks(self):
+        "`(s, e, d)`: the distances of queries `s:e` to the kept gallery, as `evaluate_retrieval` computes them."
+        if self.D is None: return _feature_chunks(self.qf, self.gf, self.metric, self.cs)
+        return _matrix_chunks(self.D, self.cs, self.qkeep, self.gkeep if self.G < self.D.shape[1] else None)
+
+    def _same_pid_pairs(self, d, s, e):
+        "The same-pid distances of queries `s:e` (gathered from `d`), their positive flags and `(rows, cols)` in `d`."
+        qlen = self.qlen[s:e]
+        ar = torch.arange(max(int(qlen.max()), 1), device=self.dev)
+        m = ar[None] < qlen[:, None]
+        idx = self.order[(self.qstart[s:e, None] + ar[None]).clamp_max(self.G - 1)]
+        same = d.gather(1, idx)[m]
+        pos = (self.gc[idx] != self.qc[s:e, None])[m] if self.cams else torch.ones_like(same, dtype=torch.bool)
+        return same, pos, (m.nonzero()[:, 0], idx[m])
 
     def chunks(self):
         """Yield `(d [c, G] float32, same-pid distances (1-D), positive flags (1-D), (rows, cols) of the same-pid pairs in
         `d`)` for every chunk of queries."""
-        blk_rows, blk_s, blk_e = max(self.cs, min(self.Q, 2**26 // self.G)), 0, 0
-        for s in range(0, self.Q, self.cs):
-            e = min(s + self.cs, self.Q)
-            if self.D is not None:
-                d = self.D[self.qkeep[s:e]].float()
-                if not torch.isfinite(d.sum(1)).all(): check_finite(d, '`dist`')
-                d = d[:, self.gkeep] if self.G < self.D.shape[1] else d
-            else:                                          # one matrix product per block of rows, as evaluate_retrieval
-                if s >= blk_e:
-                    blk_s, blk_e = s, min(s + blk_rows, self.Q)
-                    blk = pairwise_distance(self.qf[blk_s:blk_e], self.gf, self.metric, self.gnorm)
-                d = blk[s - blk_s:e - blk_s]
+        for s, e, d in self._distance_chunks():
             d = d + 0.                                     # -0.0 -> +0.0 (one copy per chunk)
-            qlen = self.qlen[s:e]
-            S = max(int(qlen.max()), 1)
-            ar = torch.arange(S, device=self.dev)
-            m = ar[None] < qlen[:, None]
-            idx = self.order[(self.qstart[s:e, None] + ar[None]).clamp_max(self.G - 1)]
-            same = d.gather(1, idx)[m]
-            pos = (self.gc[idx] != self.qc[s:e, None])[m] if self.cams else torch.ones_like(same, dtype=torch.bool)
-            yield d, same, pos, (m.nonzero()[:, 0], idx[m])
+            yield (d, *self._same_pid_pairs(d, s, e))
 
     def n_pairs(self):
         "`(positives, negatives, junk)` pair counts."

@@ -304,7 +304,7 @@ def _epochs(df, persistent, **kw):
     pids = []
     for _ in range(2):
         out += list(dls.train) + list(dls.valid)
-        pids.append([w.pid for w in dls.train.__dict__['_workers'][0]._workers] if persistent else None)
+        pids.append(dls.train.worker_pids if persistent else None)
     return out, torch.rand(3), pids, dls
 
 
@@ -322,11 +322,14 @@ def test_persistent_workers_give_the_batches_of_new_workers(kind, imgs, vids):
     assert not d_kept.query.fake_l.persistent_workers                       # query/gallery are iterated once
     assert not d_kept.train.new().fake_l.persistent_workers                # copies (`get_preds`) are used once
     d_kept.valid.bs = 3                                                     # what the workers copied changed: new ones
-    old = [w.pid for w in d_kept.valid.__dict__['_workers'][0]._workers]
+    old = d_kept.valid.worker_pids
     vb = list(d_kept.valid)
     assert [len(b[0]) for b in vb][0] == 3 and sum(len(b[0]) for b in vb) == len(d_kept.valid.dataset)
-    assert [w.pid for w in d_kept.valid.__dict__['_workers'][0]._workers] != old
+    assert d_kept.valid.worker_pids != old
+    pids = d_kept.train.worker_pids
     d_kept.train.shutdown_workers(); assert not d_kept.train.workers_alive
+    import multiprocessing as mp                                            # the processes are gone, not just forgotten
+    assert pids and not set(pids) & {p.pid for p in mp.active_children()}
     assert len(list(d_kept.train)) == len(d_kept.train)                     # and start again when needed
 
 
@@ -369,11 +372,11 @@ def test_persistent_workers_replaced_when_dead_and_concurrent_passes(imgs):
     new, _, _, _ = _epochs(imgs, False)
     dls = reid_dls(imgs, size=SIZE, P=4, K=2, num_workers=2, seed=3)
     first = list(dls.valid)
-    for w in dls.valid.__dict__['_workers'][0]._workers: os.kill(w.pid, signal.SIGINT)
+    for pid in dls.valid.worker_pids: os.kill(pid, signal.SIGINT)
     time.sleep(0.5)
     again = list(dls.valid)                                                 # no "worker exited unexpectedly"
     assert len(again) == len(first) and all(torch.equal(a[0], b[0]) for a, b in zip(first, again))
-    assert all(w.is_alive() for w in dls.valid.__dict__['_workers'][0]._workers)
+    assert dls.valid.workers_alive
     outer = iter(dls.valid); b0 = next(outer)
     inner = list(dls.valid)                                                 # while `outer` is half-way
     rest = [b0] + list(outer)
@@ -403,9 +406,9 @@ def test_distributed_wrapper_keeps_workers_and_batches(imgs):
         assert not dls.train.workers_alive                                  # the wrapper takes over: no idle second set
         out[pw] = [list(ddl) for _ in range(2)]
         if pw:
-            pids = [w.pid for w in ddl.__dict__['_workers'][0]._workers]
+            pids = ddl.worker_pids
             list(ddl)
-            assert [w.pid for w in ddl.__dict__['_workers'][0]._workers] == pids
+            assert ddl.worker_pids == pids
             ddl.shutdown_workers()
     assert len(out[True][0]) == len(ddl) > 0
     for ea, eb in zip(out[False], out[True]):

@@ -295,3 +295,66 @@ def test_re_ranking_knn_pass_is_exact():
         nn, nnd, rowmax = _knn(X, 21, 'cosine', cs, n_probe=32)
         assert (nn.sort(1).values == S.topk(21, dim=1).indices.sort(1).values).all()
         np.testing.assert_allclose(rowmax, ((1 - S).pow(2)).max(1).values, rtol=1e-5)
+
+
+def exact_re_ranking(qf, gf, k1=20, k2=6, lambda_value=0.3, metric='cosine'):
+    "Straightforward float64 k-reciprocal re-ranking (Zhong et al. 2017): dense, one item at a time, neighbours by a stable sort."
+    X = np.concatenate([qf, gf]).astype(np.float64); N, Q = len(X), len(qf)
+    if metric == 'cosine':
+        Xn = X / np.maximum(np.sqrt((X * X).sum(1, keepdims=True)), 1e-12)
+        dist = (1 - (Xn[:, None, :] * Xn[None]).sum(-1)) ** 2
+    else: dist = ((X[:, None, :] - X[None]) ** 2).sum(-1)
+    rank = np.argsort(dist, axis=1, kind='stable')
+    dist = dist / np.maximum(dist.max(1, keepdims=True), 1e-12)
+    def recip(i, k):
+        f = rank[i, :k + 1]
+        return f[(rank[f, :k + 1] == i).any(1)]
+    V = np.zeros((N, N))
+    for i in range(N):
+        R = recip(i, k1); exp = [R]
+        for c in R:
+            Rc = recip(c, int(np.around(k1 / 2.)))
+            if len(np.intersect1d(Rc, R)) > 2. / 3 * len(Rc): exp.append(Rc)
+        e = np.unique(np.concatenate(exp))
+        w = np.exp(-dist[i, e]); V[i, e] = w / w.sum()
+    if k2 != 1: V = np.stack([V[rank[i, :k2]].mean(0) for i in range(N)])
+    jac = np.array([[1 - (m := np.minimum(V[i], V[j]).sum()) / (2 - m) for j in range(Q, N)] for i in range(Q)])
+    return (1 - lambda_value) * jac + lambda_value * dist[:Q, Q:]
+
+
+def near_tied_set(seed=0, n_shells=6, shell=30, n_base=120, D=16):
+    """float32 features with deliberate near-ties: shells of `shell` points at the same angle from an anchor (equal in
+    exact arithmetic; the float32 rounding of the coordinates leaves ~1e-8 differences, below the fp32 product's
+    resolution, so an anchor's k1-th neighbour falls among near-tied points), exact duplicates, and clustered items."""
+    rng = np.random.default_rng(seed)
+    pts = []
+    for a in range(n_shells):
+        anchor = np.zeros(D); anchor[a] = 1.
+        u = rng.standard_normal((shell, D)); u -= (u @ anchor)[:, None] * anchor; u /= np.linalg.norm(u, axis=1, keepdims=True)
+        pts += [anchor[None] * 3., np.cos(.4) * anchor + np.sin(.4) * u]
+    cen = rng.standard_normal((12, D))
+    base = cen[rng.integers(0, 12, n_base)] + .6 * rng.standard_normal((n_base, D))
+    pts += [base, base[rng.choice(n_base, 15, replace=False)]]       # 15 exact duplicates
+    X = np.concatenate(pts).astype(np.float32)
+    return X[rng.permutation(len(X))]
+
+
+@pytest.mark.parametrize('metric', ['cosine', 'euclidean'])
+def test_re_ranking_equals_an_exact_float64_reference_with_near_ties(metric):
+    "Neighbour order is the float64 one with ties broken by index: near-tied k-NN distances do not swap (issue 27)."
+    X = near_tied_set()
+    qf, gf = X[:50], X[50:]
+    ref = exact_re_ranking(qf, gf, 20, 6, 0.3, metric)
+    for cs in (None, 7):
+        out = re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric=metric, chunk_size=cs)
+        np.testing.assert_allclose(out, ref, atol=1e-6)
+
+
+def test_feature_path_with_product_blocks_not_a_multiple_of_the_chunk(monkeypatch):
+    "A matrix-product block holds whole chunks (before the redesign a chunk straddling a block's end crashed)."
+    import iaunet_fastai.metrics as M
+    qf, gf, qp, gp, qc, gc = random_set(3, Q=50, G=20)
+    ref = evaluate_retrieval(dist=np_dist(qf, gf, 'cosine'), q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc, per_query=True)
+    monkeypatch.setattr(M, 'PRODUCT_BLOCK_CELLS', 7 * 20)       # 7 rows per product, chunks of 3
+    out = evaluate_retrieval(qf, gf, qp, gp, qc, gc, chunk_size=3, per_query=True)
+    np.testing.assert_allclose(out['AP'], ref['AP'], atol=1e-6); np.testing.assert_allclose(out['cmc'], ref['cmc'])

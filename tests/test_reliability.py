@@ -11,8 +11,11 @@ from PIL import Image
 
 from iaunet_fastai.all import *
 from iaunet_fastai import part_masks as pmod
-from iaunet_fastai.commands import (train_cli, eval_cli, extract_cli, check_out_dir, check_query_gallery, load_model_file,
-                                    detect_dataset, dataset_df, _worker_error)
+from iaunet_fastai.commands import train_cli, eval_cli, extract_cli, _worker_error
+from iaunet_fastai.core import check_out_dir
+from iaunet_fastai.run_guards import check_query_gallery
+from iaunet_fastai.inference import load_model_file
+from iaunet_fastai.datasets import detect_dataset, dataset_df
 from iaunet_fastai.inference import save_reid_model, FeatureExtractor, _model_config
 from iaunet_fastai.data import load_reid_image, check_images
 from iaunet_fastai.metrics import re_ranking, evaluate_retrieval
@@ -37,14 +40,6 @@ def _kw(market, **kw):
 
 
 def _files(root): return sorted(str(p.relative_to(root)) for p in Path(root).rglob('*'))
-
-
-@pytest.fixture(scope='module')
-def run(market, tmp_path_factory):
-    "One finished 1-epoch run (model.pth, metrics.json, config.json, history.csv, checkpoint.pth)."
-    out = tmp_path_factory.mktemp('run')/'r'
-    assert train_cli(**_kw(market), out=str(out)) == 0
-    return out
 
 
 # ---------------------------------------------------------------- 1. no silent synthetic fallback, nothing written into a root
@@ -222,7 +217,7 @@ def test_16bit_png_is_scaled_not_clipped(tmp_path):
 
 
 def test_mars_protocol_is_the_same_in_train_and_eval(world, tmp_path, capsys):
-    from iaunet_fastai.commands import mars_gallery
+    from iaunet_fastai.callbacks import mars_gallery
     assert mars_gallery('mars', False, 'official')[0] == 'all' and mars_gallery('synthetic', True, 'official')[0] == 'all'
     assert mars_gallery('mars', False, 'torchreid')[0] == 'non_query'
     with pytest.raises(ReIDInputError, match='--mars-protocol'): mars_gallery('mars', False, 'other')
@@ -365,7 +360,7 @@ def test_train_channels_last_and_compiled_blocks(market, tmp_path):
 def test_interrupted_inside_an_epoch_resumes_from_that_batch(market, tmp_path, monkeypatch):
     """SIGINT at batch 3 of epoch 1: the checkpoint holds that batch; --resume gives the uninterrupted run's weights and
     table, and torch's generator at each later batch is the uninterrupted run's (dropout would draw the same masks)."""
-    from iaunet_fastai import commands
+    from iaunet_fastai import train_callbacks as commands    # where `TrainCheckpoint` lives
     kw = _kw(market, epochs=2, pk='2x2')                      # 4 batches per epoch of the tiny world
     rng, run = {}, ['straight']
     orig_bb, orig_ab = commands.TrainCheckpoint.before_batch, commands.TrainCheckpoint.after_batch

@@ -11,7 +11,9 @@ from PIL import Image
 
 from iaunet_fastai.all import *
 from iaunet_fastai import commands as cmod
-from iaunet_fastai.commands import train_cli, eval_cli, extract_cli, check_out_dir
+from iaunet_fastai import train_callbacks as tcb           # where `save_checkpoint` lives
+from iaunet_fastai.commands import train_cli, eval_cli, extract_cli
+from iaunet_fastai.core import check_out_dir
 from iaunet_fastai.inference import save_reid_model
 from iaunet_fastai.data import load_reid_image, check_images
 from iaunet_fastai.datasets import combine_datasets, market1501_df
@@ -52,14 +54,6 @@ def messy_run(market, tmp_path_factory):
         sys.stdout = old_out; os.umask(old_mask)
         with contextlib.suppress(OSError): pipe.close()
     return dict(out=out, rc=rc, stale=stale)
-
-
-@pytest.fixture(scope='module')
-def run(market, tmp_path_factory):
-    "A finished 1-epoch run (model.pth, checkpoint.pth, config.json, history.csv, metrics.json)."
-    out = tmp_path_factory.mktemp('run')/'r'
-    assert train_cli(**_kw(market), out=str(out)) == 0
-    return out
 
 
 @contextlib.contextmanager
@@ -126,7 +120,7 @@ def test_2_non_finite_weights_are_never_written_and_are_refused(run, market, tmp
     assert cli_main(['extract', str(bad), str(market/'query'), '--out', str(tmp_path/'f.npz')]) == 1
     _one_line_error(capsys.readouterr().err, str(bad))
     assert not (tmp_path/'f.npz').exists()
-    model = cmod.load_model_file(run/'model.pth')
+    model = load_model_file(run/'model.pth')
     dict(model.named_buffers())[k][:1] = float('nan')
     with pytest.raises(ReIDInputError, match='not finite'): save_reid_model(model, tmp_path/'m.pth')
     assert not (tmp_path/'m.pth').exists() and not list(tmp_path.glob('.m.pth*'))
@@ -158,16 +152,16 @@ def test_3_closed_stdout_does_not_stop_training(messy_run):
 
 
 def test_3_a_kill_between_history_and_checkpoint_never_duplicates_an_epoch(market, tmp_path, monkeypatch):
-    real, calls = cmod.save_checkpoint, []
+    real, calls = tcb.save_checkpoint, []
     def killed_at_epoch_1(learn, fname, epoch, partial=None):
         calls.append(epoch)
         if epoch == 1: raise KeyboardInterrupt        # the history row of epoch 1 is written, its checkpoint not
         return real(learn, fname, epoch, partial)
-    monkeypatch.setattr(cmod, 'save_checkpoint', killed_at_epoch_1)
+    monkeypatch.setattr(tcb, 'save_checkpoint', killed_at_epoch_1)
     out = tmp_path/'k'
     with pytest.raises(KeyboardInterrupt): train_cli(**_kw(market, epochs=2), out=str(out))
     assert list(pd.read_csv(out/'history.csv').epoch) == [0, 1]
-    monkeypatch.setattr(cmod, 'save_checkpoint', real)
+    monkeypatch.setattr(tcb, 'save_checkpoint', real)
     assert train_cli(out=str(out), resume=True) == 0
     assert list(pd.read_csv(out/'history.csv').epoch) == [0, 1]
 
@@ -321,7 +315,7 @@ def test_11_contradictory_options_are_refused(market, world, tmp_path, capsys):
 
 
 def test_11_workers_are_capped_to_the_cores_with_a_note(capsys):
-    from iaunet_fastai.commands import resolve_workers
+    from iaunet_fastai.run_guards import resolve_workers
     n = len(os.sched_getaffinity(0))
     assert resolve_workers(64) == min(n, 64)
     assert 'capped' in capsys.readouterr().out
