@@ -20,7 +20,7 @@ import pandas as pd
 
 # %% ../nbs/10b_inference.ipynb #4e696746
 import warnings
-from .models import _plain
+from .models import _is_plain_value
 from .interpret import _dls_attr
 from .native import sync_input_size
 
@@ -30,7 +30,7 @@ LEGACY_OPTIONS = dict(part_norm='area', neck='bnneck', per_frame=False, last_str
 def _model_config(model, dls=None):
     cfg = dict(model.config, version=CONFIG_VERSION)
     cfg.setdefault('seq_len', None)
-    bad = [k for k, v in cfg['timm_kwargs'].items() if not _plain(v)]
+    bad = [k for k, v in cfg['timm_kwargs'].items() if not _is_plain_value(v)]
     if bad:
         warnings.warn(f"timm keyword arguments {bad} are not plain values and are not stored in the model file")
         cfg['timm_kwargs'] = {k: v for k, v in cfg['timm_kwargs'].items() if k not in bad}

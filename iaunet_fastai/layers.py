@@ -7,7 +7,7 @@ __all__ = ['MATMUL_PRECISIONS', 'fp32_region', 'init_new_layers', 'conv_bn', 'Ma
            'is_channels_last', 'CIAU', 'PartGraph', 'part_nodes', 'SIAU', 'CompilableBlock', 'IAUBlock',
            'stiau_edge_mask', 'STIAU', 'IAUBlock3D']
 
-# %% ../nbs/05_layers.ipynb #75040559
+# %% ../nbs/05_layers.ipynb #2b62f49d
 from .core import *
 from .compat import BatchNormBase
 import math, contextlib
@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# %% ../nbs/05_layers.ipynb #2ff40413
+# %% ../nbs/05_layers.ipynb #8f9a30a5
 def fp32_region(x):
     "Context that switches autocast off for `x`'s device type (a no-op when autocast is not on)."
     dt = x.device.type
@@ -41,7 +41,7 @@ def conv_bn(ni, nf, nd=2, bias=False, zero_bn=False):
     if zero_bn: nn.init.zeros_(bn.weight); nn.init.zeros_(bn.bias)
     return nn.Sequential(conv, bn)
 
-# %% ../nbs/05_layers.ipynb #783852f6
+# %% ../nbs/05_layers.ipynb #b72074af
 MATMUL_PRECISIONS = ('tf32', 'bf16', 'fp32')
 
 @contextlib.contextmanager
@@ -70,6 +70,7 @@ def _grad_like(x, f):
     "Compute a gradient with `f(transposed)`: `True` when `x` is a transposed view (the gradient gets its layout)."
     return f(x.transpose(1, 2).is_contiguous() and not x.is_contiguous())
 
+# %% ../nbs/05_layers.ipynb #43813905
 class MatMul32(torch.autograd.Function):
     """`a [B, n, m] @ b [B, m, k]` with an fp32 result (fp64 for fp64 inputs) and fp32 accumulation, whatever the
     inputs' dtype; each gradient comes back in its input's dtype and memory layout (no layout copies)."""
@@ -95,6 +96,7 @@ def matmul32(a, b, precision='tf32'):
     if precision not in MATMUL_PRECISIONS: raise ReIDInputError(f"precision must be one of {MATMUL_PRECISIONS}, got {precision!r}")
     return MatMul32.apply(a, b, precision)
 
+# %% ../nbs/05_layers.ipynb #fecb37a1
 class Gram(torch.autograd.Function):
     """`g [B, N, M] -> G = g·gᵀ [B, N, N]` with an fp32 result and fp32 accumulation (see `_bmm32`). The backward is
     one product, `dg = (dG + dGᵀ)·g`, where the general product's would be two and an add; `dg` comes back in `g`'s
@@ -122,6 +124,7 @@ def is_channels_last(x):
     "Whether a 4-d map is stored as `[B, H, W, C]` (and not also plain contiguous, as for H = W = 1)."
     return x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
+# %% ../nbs/05_layers.ipynb #1ca519c1
 class CIAU(nn.Module):
     "Channel IAU. `[B, C, H, W] -> [B, C, H, W]` (`nd=2`) or `[B, C, T, H, W] -> [B, C, T, H, W]` (`nd=3`)."
     matmul_precision = 'tf32'     # CUDA kernels of the two products: 'tf32', 'bf16' or 'fp32' (see `_bmm32`)
@@ -168,7 +171,7 @@ class CIAU(nn.Module):
 
     def forward(self, x): return x + self.update(self.aggregate(x))
 
-# %% ../nbs/05_layers.ipynb #2cf30c2f
+# %% ../nbs/05_layers.ipynb #85b600cb
 class PartGraph(nn.Module):
     "Interaction and graph update over part nodes: `p [B, N, C], u [B, C], allowed [N, N] -> (h [B, C', N], u' [B, C'])`, `C' = C//2`."
     def __init__(self, C:int):
@@ -198,13 +201,14 @@ class PartGraph(nn.Module):
         h = self.gconv(torch.cat([p, W @ p], -1).transpose(1, 2)) # [B, C', N]
         return h, u
 
-# %% ../nbs/05_layers.ipynb #8d3d1fe2
+# %% ../nbs/05_layers.ipynb #320f5dbb
 def part_nodes(z, a, norm='sum', eps=1e-6):
     "Mask-weighted part nodes: `z [B, C, HW]`, `a [B, K, HW]` -> `[B, K, C]`; `norm` 'sum' (the authors') or 'area' (mean)."
     if norm not in ('area', 'sum'): raise ReIDInputError(f"part_norm must be 'sum' or 'area', got {norm!r}")
     p = a @ z.transpose(1, 2)                                     # [B, K, C]
     return p / (a.sum(-1, keepdim=True) + eps) if norm == 'area' else p
 
+# %% ../nbs/05_layers.ipynb #07ae13ae
 class SIAU(nn.Module):
     "Spatial IAU. `z [B, C, H, W] -> (out [B, C, H, W], part_logits [B, K, H, W])`."
     def __init__(self, C:int, parts:int=4, part_norm:str='sum'):
@@ -231,7 +235,7 @@ class SIAU(nn.Module):
             upd = self.update(v[:, :, None, None])                            # [B, C, 1, 1]
         return z + upd.to(z.dtype), logits
 
-# %% ../nbs/05_layers.ipynb #af6f8e73
+# %% ../nbs/05_layers.ipynb #e0c1849a
 class CompilableBlock(nn.Module):
     """Base of the IAU blocks: `forward` runs `body`, or, once `compile_training()` was called, its `torch.compile`d
     version while training with gradients (evaluation stays eager: no recompile per evaluation batch size and no
@@ -258,7 +262,7 @@ class IAUBlock(CompilableBlock):
         self.ciau, self.siau = CIAU(C), SIAU(C, parts, part_norm)
     def body(self, x): return self.siau(self.ciau(x))
 
-# %% ../nbs/05_layers.ipynb #6c8b3d70
+# %% ../nbs/05_layers.ipynb #49f11e3e
 def stiau_edge_mask(K:int, T:int) -> torch.Tensor:
     "Allowed STIAU edges, bool `[K·T, K·T]`, nodes ordered `n = t·K + k`: same frame & other part, or same part & other frame."
     n = torch.arange(K*T)
@@ -266,7 +270,7 @@ def stiau_edge_mask(K:int, T:int) -> torch.Tensor:
     same_t, same_k = t[:, None] == t[None], k[:, None] == k[None]
     return (same_t & ~same_k) | (same_k & ~same_t)
 
-# %% ../nbs/05_layers.ipynb #70743cde
+# %% ../nbs/05_layers.ipynb #c158c3a5
 class STIAU(nn.Module):
     "Spatial-temporal IAU. `z [B, C, T, H, W] -> (out [B, C, T, H, W], part_logits [B·T, K, H, W])`."
     def __init__(self, C:int, parts:int=4, part_norm:str='sum', per_frame:bool=True):

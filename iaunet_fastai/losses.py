@@ -5,14 +5,14 @@
 # %% auto #0
 __all__ = ['CrossEntropyLabelSmooth', 'batch_distance', 'TripletLoss', 'PartMaskLoss', 'plain_batch', 'ReIDLoss']
 
-# %% ../nbs/07_losses.ipynb #b69992f4
+# %% ../nbs/07_losses.ipynb #098bd5dd
 from .core import *
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .data import _plain
 
-# %% ../nbs/07_losses.ipynb #923d6f78
+# %% ../nbs/07_losses.ipynb #14cd222c
 class CrossEntropyLabelSmooth(nn.Module):
     "Cross-entropy with label smoothing: `logits [B, N]`, `y [B]` -> scalar."
     def __init__(self, eps:float=0.1):
@@ -27,7 +27,7 @@ class CrossEntropyLabelSmooth(nn.Module):
             raise ReIDInputError(f"labels must be in 0..{logits.shape[1]-1} (num_classes={logits.shape[1]}), "
                                  f"got range {int(y.min())}..{int(y.max())}")
 
-# %% ../nbs/07_losses.ipynb #4a2da607
+# %% ../nbs/07_losses.ipynb #b410585c
 def batch_distance(f, metric='cosine'):
     "`f [B, D]` -> `[B, B]` distances: `1 − cos` ('cosine') or Euclidean ('euclidean')."
     f = f.float()
@@ -57,7 +57,7 @@ class TripletLoss(nn.Module):
         l, ok = self.per_anchor(feat, y)
         return l.sum() / ok.sum().clamp_min(1)                        # mean over those anchors, without a host sync
 
-# %% ../nbs/07_losses.ipynb #f6e26cc6
+# %% ../nbs/07_losses.ipynb #3612e40f
 class PartMaskLoss(nn.Module):
     "BCE between part logits (list of `[B, K, h, w]`) and the label map `m [B, H, W]` (or `[B, T, H, W]`), 255 = no mask."
     def __init__(self, ignore_index:int=255, align_corners:bool=True):
@@ -90,7 +90,7 @@ class PartMaskLoss(nn.Module):
         w = valid / valid.sum().clamp_min(1)                              # mean over maps with a target, no host sync
         return torch.stack([(per * w).sum() for per in pers]).mean()    # not `per @ w`: autocast would make it bf16
 
-# %% ../nbs/07_losses.ipynb #a445abe7
+# %% ../nbs/07_losses.ipynb #679fab6a
 def plain_batch(pred):
     "A model output (a tensor, or `(logits, feat, part_logits)`) with fastai's typed tensors as plain `torch.Tensor`s."
     if torch.is_tensor(pred): return _plain(pred)
@@ -126,7 +126,7 @@ class ReIDLoss(nn.Module):
         "The last call's unweighted terms (detached 0-d tensors on the loss's device)."
         return dict(ce=self.ce, triplet=self.triplet, mask=self.mask)
 
-# %% ../nbs/07_losses.ipynb #7f72de48
+# %% ../nbs/07_losses.ipynb #e77c38c2
 from fastcore.basics import patch
 
 @patch

@@ -7,8 +7,10 @@ __all__ = ['NECKS', 'PAPER_ARCH', 'scratch_timm_kwargs', 'reset_zero_norms', 'ch
            'stage_table', 'check_iau_stages', 'probe_stage_sizes', 'run_stages', 'IAUnet', 'VideoIAUnet',
            'compile_iau_blocks']
 
-# %% ../nbs/06_models.ipynb #0217e50b
+# %% ../nbs/06_models.ipynb #6707d0ae
 from .core import *
+from .config import ARCH, IAU_STAGES, LAST_STRIDE, SEQ_LEN
+from fastcore.basics import patch
 from .compat import BatchNormBase
 from .layers import *
 import warnings, math, operator
@@ -18,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import timm
 
-# %% ../nbs/06_models.ipynb #8c4f9792
+# %% ../nbs/06_models.ipynb #cf7ea20f
 def scratch_timm_kwargs(arch:str, **kwargs) -> dict:
     "`kwargs` for a from-scratch `timm.create_model(arch)` with the authors' init: `zero_init_last=False` where `arch` takes it."
     if 'zero_init_last' in kwargs or ':' in arch: return dict(kwargs)   # the caller's choice wins; hub names: no probe
@@ -35,7 +37,7 @@ def reset_zero_norms(model:nn.Module) -> list:
         for n in names: model.get_submodule(n).weight.fill_(1.)
     return names
 
-# %% ../nbs/06_models.ipynb #a6327b62
+# %% ../nbs/06_models.ipynb #09db65fb
 def check_backbone_file(arch:str, f, **kwargs):
     "Raise `ReIDInputError` unless `f` holds the weights of timm's `arch` (classifier aside); timm loads non-strictly."
     from timm.models import load_state_dict as timm_load
@@ -54,6 +56,7 @@ def check_backbone_file(arch:str, f, **kwargs):
                              f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
                              f"{len(shape)} with another shape {shape[:3]}")
 
+# %% ../nbs/06_models.ipynb #52c10ea6
 def timm_stages(arch:str, pretrained:bool=False, pretrained_file=None, **kwargs) -> nn.ModuleDict:
     "A timm `features_only` backbone as a flat ordered `ModuleDict` of modules; from scratch with the authors' init."
     if not isinstance(arch, str) or (':' not in arch and not timm.is_model(arch.split('.')[0])):
@@ -105,7 +108,7 @@ def stage_table(fm) -> dict:
                              "a CNN pyramid (stride 4, 8, 16, 32); IAUnet needs a hierarchical CNN")
     return res
 
-# %% ../nbs/06_models.ipynb #7584f7f0
+# %% ../nbs/06_models.ipynb #43c82132
 def _set_module(root, name, new):
     parent, _, child = name.rpartition('.')
     setattr(root.get_submodule(parent) if parent else root, child, new)
@@ -127,7 +130,7 @@ def _apply_last_stride1(fm, keys) -> list:
                 changed.append(f'{key}.{name} (pool)')
     return changed
 
-# %% ../nbs/06_models.ipynb #c30a0002
+# %% ../nbs/06_models.ipynb #ffa3a766
 def check_iau_stages(iau_stages, stages:dict, arch) -> tuple:
     "`iau_stages` as a sorted tuple, or `ReIDInputError` naming those not among the backbone's `stages`."
     iau_stages = tuple(sorted(set(iau_stages or ())))
@@ -164,28 +167,33 @@ def run_stages(backbone, blocks, x, last:str, run_block):
         if k == last: break
     return x, outs
 
-# %% ../nbs/06_models.ipynb #1bfd6471
+# %% ../nbs/06_models.ipynb #29f6eceb
 NECKS = ('bn', 'bnneck')
-PAPER_ARCH = 'resnet50.tv_in1k'      # torchvision's ResNet-50 v1 ImageNet weights: the authors' initialisation
+PAPER_ARCH = ARCH      # = `config.ARCH`, 'resnet50.tv_in1k': torchvision's ResNet-50 v1 ImageNet weights, the authors' initialisation
 
-def _plain(v):
-    "Is `v` made of plain values only (what a weights-only model file can hold)?"
-    if isinstance(v, (list, tuple)): return all(_plain(o) for o in v)
-    if isinstance(v, dict): return all(isinstance(k, str) and _plain(o) for k, o in v.items())
+def _is_plain_value(v) -> bool:
+    "Is `v` made of plain values only (None, bool, int, float, str, and lists/tuples/str-keyed dicts of them): what a weights-only model file can hold?"
+    if isinstance(v, (list, tuple)): return all(_is_plain_value(o) for o in v)
+    if isinstance(v, dict): return all(isinstance(k, str) and _is_plain_value(o) for k, o in v.items())
     return v is None or isinstance(v, (bool, int, float, str))
 
+def _check_net_options(num_classes, last_stride, neck, part_norm) -> int:
+    "`num_classes` as an int, once every option of `_ReIDNet` is valid; else `ReIDInputError` naming the option."
+    try: n = operator.index(num_classes)                        # accepts numpy ints (e.g. dls.n_classes)
+    except TypeError: n = 0
+    if n < 1: raise ReIDInputError(f"num_classes must be a positive int, got {num_classes!r}")
+    if last_stride not in (1, 2): raise ReIDInputError(f"last_stride must be 1 or 2, got {last_stride!r}")
+    if neck not in NECKS: raise ReIDInputError(f"neck must be one of {NECKS}, got {neck!r}")
+    if part_norm not in ('sum', 'area'): raise ReIDInputError(f"part_norm must be 'sum' or 'area', got {part_norm!r}")
+    return n
+
+# %% ../nbs/06_models.ipynb #76995062
 class _ReIDNet(nn.Module):
     "Shared machinery of `IAUnet`/`VideoIAUnet`: backbone stages, inserted blocks, neck, and the constructor `config`."
-    def __init__(self, arch='resnet50', num_classes:int=751, pretrained:bool=True, iau_stages=(2, 3),
-                 last_stride:int=1, parts:int=4, part_norm:str='sum', neck:str='bn', pretrained_file=None, **timm_kwargs):
+    def __init__(self, arch=ARCH, num_classes:int=751, pretrained:bool=True, iau_stages=IAU_STAGES,
+                 last_stride:int=LAST_STRIDE, parts:int=4, part_norm:str='sum', neck:str='bn', pretrained_file=None, **timm_kwargs):
         super().__init__()
-        try: n = operator.index(num_classes)                        # accepts numpy ints (e.g. dls.n_classes)
-        except TypeError: n = 0
-        if n < 1: raise ReIDInputError(f"num_classes must be a positive int, got {num_classes!r}")
-        num_classes = n
-        if last_stride not in (1, 2): raise ReIDInputError(f"last_stride must be 1 or 2, got {last_stride!r}")
-        if neck not in NECKS: raise ReIDInputError(f"neck must be one of {NECKS}, got {neck!r}")
-        if part_norm not in ('sum', 'area'): raise ReIDInputError(f"part_norm must be 'sum' or 'area', got {part_norm!r}")
+        num_classes = _check_net_options(num_classes, last_stride, neck, part_norm)
         self.arch, self.num_classes, self.parts, self.part_norm, self.neck_kind = arch, num_classes, parts, part_norm, neck
         self.last_stride_arg, self.timm_kwargs = last_stride, dict(timm_kwargs)
         self.backbone = timm_stages(arch, pretrained, pretrained_file, **timm_kwargs)
@@ -242,37 +250,40 @@ class _ReIDNet(nn.Module):
         if not self.training: return F.normalize(feat, dim=1)
         return self.classifier(feat), feat, parts
 
-    def param_groups(self):
-        "`[backbone params, new params (IAU blocks, neck BN, classifier)]` for a fastai `splitter`; BoT's frozen BN bias is left out."
-        bb = list(self.backbone.parameters())
-        ids = {id(p) for p in bb} | ({id(self.bnneck.bias)} if self.neck_kind == 'bnneck' else set())
-        return [bb, [p for p in self.parameters() if id(p) not in ids]]
+# %% ../nbs/06_models.ipynb #39e7c08c
+@patch
+def param_groups(self:_ReIDNet):
+    "`[backbone params, new params (IAU blocks, neck BN, classifier)]` for a fastai `splitter`; BoT's frozen BN bias is left out."
+    bb = list(self.backbone.parameters())
+    ids = {id(p) for p in bb} | ({id(self.bnneck.bias)} if self.neck_kind == 'bnneck' else set())
+    return [bb, [p for p in self.parameters() if id(p) not in ids]]
 
-    def load_checkpoint(self, path, skip_classifier:bool=False):
-        "Load a full model checkpoint (a state dict, or fastai's `{'model': ...}`), failing clearly on a mismatch."
-        sd = load_weights(path)
-        if isinstance(sd, dict) and 'model' in sd and isinstance(sd['model'], dict): sd = sd['model']
-        if not isinstance(sd, dict): raise ReIDInputError(f"'{path}' does not hold a state dict")
-        own = self.state_dict()
-        if skip_classifier: sd = {k: v for k, v in sd.items() if not k.startswith('classifier.')}
-        elif 'classifier.weight' in sd and sd['classifier.weight'].shape != own['classifier.weight'].shape:
-            raise ReIDInputError(f"'{path}' was trained with {sd['classifier.weight'].shape[0]} classes, this model has "
-                                 f"{self.num_classes} (pass skip_classifier=True to load all but the classifier)")
-        missing = [k for k in own if k not in sd and not (skip_classifier and k.startswith('classifier.'))]
-        unexpected = [k for k in sd if k not in own]
-        shape = [k for k in sd if k in own and sd[k].shape != own[k].shape]
-        if missing or unexpected or shape:
-            hint = {'classifier.bias': " (the file has no classifier bias: it was trained with neck='bnneck')"}.get(
-                (missing + [''])[0], " (the file has a classifier bias: it was trained with neck='bn')"
-                if unexpected == ['classifier.bias'] else '')
-            raise ReIDInputError(f"'{path}' is not a checkpoint of this model ({type(self).__name__} {self.arch}, "
-                                 f"iau_stages={self.iau_stages}, neck={self.neck_kind!r}): {len(missing)} missing keys "
-                                 f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(shape)} with another "
-                                 f"shape {shape[:3]}{hint}")
-        self.load_state_dict(sd, strict=not skip_classifier)
-        return self
+@patch
+def load_checkpoint(self:_ReIDNet, path, skip_classifier:bool=False):
+    "Load a full model checkpoint (a state dict, or fastai's `{'model': ...}`), failing clearly on a mismatch."
+    sd = load_weights(path)
+    if isinstance(sd, dict) and 'model' in sd and isinstance(sd['model'], dict): sd = sd['model']
+    if not isinstance(sd, dict): raise ReIDInputError(f"'{path}' does not hold a state dict")
+    own = self.state_dict()
+    if skip_classifier: sd = {k: v for k, v in sd.items() if not k.startswith('classifier.')}
+    elif 'classifier.weight' in sd and sd['classifier.weight'].shape != own['classifier.weight'].shape:
+        raise ReIDInputError(f"'{path}' was trained with {sd['classifier.weight'].shape[0]} classes, this model has "
+                             f"{self.num_classes} (pass skip_classifier=True to load all but the classifier)")
+    missing = [k for k in own if k not in sd and not (skip_classifier and k.startswith('classifier.'))]
+    unexpected = [k for k in sd if k not in own]
+    shape = [k for k in sd if k in own and sd[k].shape != own[k].shape]
+    if missing or unexpected or shape:
+        hint = {'classifier.bias': " (the file has no classifier bias: it was trained with neck='bnneck')"}.get(
+            (missing + [''])[0], " (the file has a classifier bias: it was trained with neck='bn')"
+            if unexpected == ['classifier.bias'] else '')
+        raise ReIDInputError(f"'{path}' is not a checkpoint of this model ({type(self).__name__} {self.arch}, "
+                             f"iau_stages={self.iau_stages}, neck={self.neck_kind!r}): {len(missing)} missing keys "
+                             f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(shape)} with another "
+                             f"shape {shape[:3]}{hint}")
+    self.load_state_dict(sd, strict=not skip_classifier)
+    return self
 
-# %% ../nbs/06_models.ipynb #14f4fa0b
+# %% ../nbs/06_models.ipynb #7eaf3e01
 class IAUnet(_ReIDNet):
     "IAUnet for images: `x [B, 3, H, W]` -> train `(logits, feat, part_logits)`, eval embedding `[B, embed_dim]`."
     def _make_block(self, C, parts, part_norm): return IAUBlock(C, parts, part_norm)
@@ -283,10 +294,10 @@ class IAUnet(_ReIDNet):
         f, parts = self.features_map(x)
         return self.neck(f.mean((2, 3)), parts)
 
-# %% ../nbs/06_models.ipynb #4256c43f
+# %% ../nbs/06_models.ipynb #b6eb80a9
 class VideoIAUnet(_ReIDNet):
     "IAUnet for clips: `x [B, T, 3, H, W]` -> train `(logits, feat, part_logits [B·T, K, h, w])`, eval embedding `[B, D]`."
-    def __init__(self, arch='resnet50', num_classes:int=625, seq_len:int=4, per_frame:bool=True, **kwargs):
+    def __init__(self, arch=ARCH, num_classes:int=625, seq_len:int=SEQ_LEN, per_frame:bool=True, **kwargs):
         self.seq_len, self.per_frame = seq_len, per_frame
         super().__init__(arch, num_classes, **kwargs)
 
@@ -320,7 +331,7 @@ class VideoIAUnet(_ReIDNet):
         f, parts = self.features_map(x.flatten(0, 1), n_frames=T)
         return self.neck(f.mean((2, 3)).view(B, T, -1).mean(1), parts)
 
-# %% ../nbs/06_models.ipynb #45ed1168
+# %% ../nbs/06_models.ipynb #1f0d04e4
 def compile_iau_blocks(model:nn.Module, allow_tf32:bool=True, **compile_kwargs) -> nn.Module:
     """Compile the training forward (and so backward) of every IAU block of `model` in place with
     `torch.compile(**compile_kwargs)` (`CompilableBlock.compile_training`; evaluation stays eager); returns `model`.
