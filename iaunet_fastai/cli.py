@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['SUBCOMMANDS', 'main', 'run_subcommand']
 
-# %% ../nbs/11_cli.ipynb #74e5f4ce
+# %% ../nbs/11_cli.ipynb #eee78406
 import sys, importlib
 from fastcore.script import anno_parser
 from .core import *
@@ -29,6 +29,7 @@ def _usage():
     lines += ['', "Run 'iaunet <subcommand> --help' for the options of one subcommand; 'iaunet --version' prints the version."]
     return '\n'.join(lines)
 
+# %% ../nbs/11_cli.ipynb #a7deb5b4
 def _load(target):
     mod, fn = target.split(':')
     return getattr(importlib.import_module(mod), fn)

@@ -147,7 +147,8 @@ def _train_data(o):
 
 def _preflight(o, df, gallery):
     "Before epoch 1: the query/gallery can be scored, every image (frame) reads, identical files are reported."
-    from iaunet_fastai.data import check_images, report_identical_files, frame_items
+    from iaunet_fastai.preflight import check_images, report_identical_files
+    from iaunet_fastai.items import frame_items
     check_query_gallery(df, gallery)
     if not o.no_check: check_images(frame_items(df))
     report_identical_files(df)
@@ -260,7 +261,7 @@ def _fit(learn, o, start, cbs):
 # %% ../nbs/10k_commands.ipynb #9d053b64
 def _train(o, changes, stack):
     "The run of `train_cli`'s options `o` (a namespace); `stack` holds the lock on --out and the run log while it writes."
-    from iaunet_fastai.data import reid_dls
+    from iaunet_fastai.loaders import reid_dls
     _check_train_options(o)
     (p, k), hw = parse_pair(o.pk, '--pk'), parse_pair(o.size, '--size')
     out = check_out_dir(o.out, overwrite=o.overwrite, resume=o.resume)
@@ -344,7 +345,7 @@ def eval_cli(model:str,                 # model file from `iaunet train` (model.
              targets:Annotated[str, {'nargs': '+'}]=None): # cross-domain: name=root pairs of datasets, each evaluated on its own (replaces --dataset/--root)
     "Evaluate a saved model on the query/gallery of a dataset (or of each of --targets): rank-1/5/10/20, mAP, mINP (and the protocol used)."
     from iaunet_fastai.targets import evaluate_frame, eval_targets, parse_targets
-    from iaunet_fastai.data import report_identical_files
+    from iaunet_fastai.preflight import report_identical_files
     if rerank and (k1 < 1 or k2 < 1): raise ReIDInputError(f"--k1 and --k2 must be >= 1, got --k1 {k1} --k2 {k2}")
     mars_gallery(dataset, video, mars_protocol)
     if targets and (dataset or root): raise ReIDInputError("--targets replaces --dataset/--root: pass one or the other")
@@ -395,7 +396,8 @@ def extract_cli(model:str,              # model file from `iaunet train` (model.
                 overwrite:bool=False):  # replace an existing --out
     """Extract L2-normalised embeddings of images or tracklets into an .npz: `names` (a tracklet's frames joined by ';'),
     `features` [N, D], and with --dataset also `pids`, `camids`, `splits`."""
-    from iaunet_fastai.data import check_images, frame_items
+    from iaunet_fastai.preflight import check_images
+    from iaunet_fastai.items import frame_items
     check_option_types(extract_cli, dict(bs=bs))
     if bs < 1: raise ReIDInputError(f"--bs must be >= 1 (images per batch), got {bs}")
     src, extra = Path(images).expanduser(), {}

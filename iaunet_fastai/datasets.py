@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-# %% ../nbs/02_datasets.ipynb #5c2b8ab4
+# %% ../nbs/02_datasets.ipynb #48f3bc3c
 _COLS = ['path', 'pid', 'camid', 'split']
 _VCOLS = ['paths', 'pid', 'camid', 'split', 'trackid', 'n_frames']
 
@@ -44,6 +44,7 @@ def _images(folder, recursive=False):
                                + ', '.join(f"'{n}'" for n in dangling[:3]) + (', ...' if len(dangling) > 3 else ''))
     return sorted(p for p in it if p.is_file() and is_image_file(p) and not p.name.startswith('.'))
 
+# %% ../nbs/02_datasets.ipynb #e436a4e2
 def _bad_names(bad, what, strict):
     "Raise (strict) or warn once about files whose names did not parse."
     if not bad: return

@@ -6,8 +6,10 @@ tracklets → L2-normalised embeddings, batched, on any device."""
 # %% auto #0
 __all__ = ['CONFIG_VERSION', 'LEGACY_OPTIONS', 'save_reid_model', 'load_reid_model', 'load_model_file', 'FeatureExtractor']
 
-# %% ../nbs/10b_inference.ipynb #8ba9ee20
+# %% ../nbs/10b_inference.ipynb #ff649028
 from .core import *
+from .config import IMG_SIZE
+from fastcore.basics import patch
 from pathlib import Path
 import numpy as np
 import torch
@@ -15,7 +17,9 @@ import torch.nn.functional as F
 from PIL import Image
 from fastai.vision.core import imagenet_stats
 from .models import IAUnet, VideoIAUnet
-from .data import load_reid_image, eval_clips, image_values, frame_items
+from .images import load_reid_image, image_values
+from .sampler import eval_clips
+from .items import frame_items
 import pandas as pd
 
 # %% ../nbs/10b_inference.ipynb #4e696746
@@ -126,7 +130,7 @@ def _load_export(p):
     check_finite_state(learn.model.state_dict(), f"'{p}'")
     return learn
 
-# %% ../nbs/10b_inference.ipynb #406829cf
+# %% ../nbs/10b_inference.ipynb #70a2d719
 class FeatureExtractor:
     "Embed images or tracklets with a trained model (a `Learner`, a model, or a file from `save_reid_model`/`export`)."
     def __init__(self, src, size=None, device=None, bs=64, flip_tta=False, distributed=True):
@@ -138,7 +142,7 @@ class FeatureExtractor:
             else: src = load_reid_model(p)
         model = getattr(src, 'model', src)
         cfg = getattr(model, 'reid_config', None) or {}
-        if size is None: size = dls_attr(getattr(src, 'dls', None), 'img_size') or cfg.get('img_size') or (256, 128)
+        if size is None: size = dls_attr(getattr(src, 'dls', None), 'img_size') or cfg.get('img_size') or IMG_SIZE
         self.model, self.size, self.device = model, tuple(size), best_device(device)
         self.bs, self.flip_tta, self.distributed = bs, flip_tta, distributed
         self.seq_len = getattr(model, 'seq_len', None) if isinstance(model, VideoIAUnet) else None
@@ -152,7 +156,7 @@ class FeatureExtractor:
         if isinstance(x, (str, Path)): x = load_reid_image(x, self.size)
         if isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3 and x.shape[-1] == 3: x = Image.fromarray(x)
         if isinstance(x, Image.Image):
-            from iaunet_fastai.data import _to_rgb
+            from iaunet_fastai.images import _to_rgb
             x = _to_rgb(x)
             if x.size != (self.size[1], self.size[0]): x = x.resize((self.size[1], self.size[0]), Image.BICUBIC)
             x = torch.from_numpy(np.asarray(x).copy()).permute(2, 0, 1)
@@ -163,53 +167,61 @@ class FeatureExtractor:
             x = F.interpolate(x[None], self.size, mode='bicubic', align_corners=False)[0].clamp(0, 1)
         return (x - self.mean) / self.std
 
-    def _ready(self):
-        "Move the model to the device in eval mode (once per call, not per batch)."
-        self.model.to(self.device).eval()
+# %% ../nbs/10b_inference.ipynb #bdb15299
+@patch
+def _ready(self:FeatureExtractor):
+    "Move the model to the device in eval mode (once per call, not per batch)."
+    self.model.to(self.device).eval()
 
-    @torch.no_grad()
-    def _embed(self, xb):
+@patch
+def _embed(self:FeatureExtractor, xb):
+    "Embeddings of one batch (flip-averaged with `flip_tta`), on the CPU, checked finite."
+    with torch.no_grad():
         m, xb = self.model, xb.to(self.device)
         f = m(xb)
         if self.flip_tta: f = F.normalize(f + m(xb.flip(-1)), dim=1)
-        return check_finite(f.float().cpu(), 'embeddings')
+    return check_finite(f.float().cpu(), 'embeddings')
 
-    def images(self, items) -> torch.Tensor:
-        "Embeddings `[N, D]` of images (paths, PIL, arrays, tensors)."
-        items = list(items)
-        if not items: raise ReIDInputError("no images to embed")
-        self._ready()
-        out = []
-        for i in range(0, len(items), self.bs):
-            xb = torch.stack([self._to_tensor(x) for x in items[i:i + self.bs]])
-            if self.seq_len: xb = xb[:, None].expand(-1, self.seq_len, -1, -1, -1)
-            out.append(self._embed(xb))
-        return torch.cat(out)
+@patch
+def images(self:FeatureExtractor, items) -> torch.Tensor:
+    "Embeddings `[N, D]` of images (paths, PIL, arrays, tensors)."
+    items = list(items)
+    if not items: raise ReIDInputError("no images to embed")
+    self._ready()
+    out = []
+    for i in range(0, len(items), self.bs):
+        xb = torch.stack([self._to_tensor(x) for x in items[i:i + self.bs]])
+        if self.seq_len: xb = xb[:, None].expand(-1, self.seq_len, -1, -1, -1)
+        out.append(self._embed(xb))
+    return torch.cat(out)
 
-    def tracklets(self, tracklets) -> torch.Tensor:
-        "Embeddings `[N, D]` of tracklets (lists of frame paths/images): mean of clip embeddings, L2-normalised."
-        T = self.seq_len or 1
-        clips, owner = [], []
-        for i, frames in enumerate(tracklets):
-            frames = list(frames)
-            if not frames: raise ReIDInputError(f"tracklet {i} has no frames")
-            for c in eval_clips(len(frames), T): clips.append([frames[j] for j in c]); owner.append(i)
-        self._ready()
-        feats, bs = [], max(1, self.bs // T)
-        for s in range(0, len(clips), bs):
-            xb = torch.stack([torch.stack([self._to_tensor(f) for f in c]) for c in clips[s:s + bs]])
-            if not self.seq_len: xb = xb[:, 0]
-            feats.append(self._embed(xb))
-        feats, owner = torch.cat(feats), torch.tensor(owner)
-        out = torch.zeros(len(tracklets), feats.shape[1]).index_add_(0, owner, feats)
-        return F.normalize(out / torch.bincount(owner, minlength=len(tracklets))[:, None], dim=1)
+@patch
+def tracklets(self:FeatureExtractor, tracklets) -> torch.Tensor:
+    "Embeddings `[N, D]` of tracklets (lists of frame paths/images): mean of clip embeddings, L2-normalised."
+    T = self.seq_len or 1
+    clips, owner = [], []
+    for i, frames in enumerate(tracklets):
+        frames = list(frames)
+        if not frames: raise ReIDInputError(f"tracklet {i} has no frames")
+        for c in eval_clips(len(frames), T): clips.append([frames[j] for j in c]); owner.append(i)
+    self._ready()
+    feats, bs = [], max(1, self.bs // T)
+    for s in range(0, len(clips), bs):
+        xb = torch.stack([torch.stack([self._to_tensor(f) for f in c]) for c in clips[s:s + bs]])
+        if not self.seq_len: xb = xb[:, 0]
+        feats.append(self._embed(xb))
+    feats, owner = torch.cat(feats), torch.tensor(owner)
+    out = torch.zeros(len(tracklets), feats.shape[1]).index_add_(0, owner, feats)
+    return F.normalize(out / torch.bincount(owner, minlength=len(tracklets))[:, None], dim=1)
 
-    def __call__(self, items) -> torch.Tensor:
-        """Embed `items`: tracklets if they are lists/tuples of frames, else images. Started by `accelerate launch`/`torchrun`
-        with several processes (and `distributed`), each process embeds its share and all get the whole result in input
-        order (every process must make the call; `distributed=False` embeds everything in this process)."""
-        items = frame_items(items) if isinstance(items, pd.DataFrame) else list(items)   # a frame: its path(s) column
-        embed = self.tracklets if items and isinstance(items[0], (list, tuple)) else self.images
-        if not self.distributed: return embed(items)
-        from iaunet_fastai.distributed import sharded_apply
-        return sharded_apply(embed, items)
+# %% ../nbs/10b_inference.ipynb #866dc5a9
+@patch
+def __call__(self:FeatureExtractor, items) -> torch.Tensor:
+    """Embed `items`: tracklets if they are lists/tuples of frames, else images. Started by `accelerate launch`/`torchrun`
+    with several processes (and `distributed`), each process embeds its share and all get the whole result in input
+    order (every process must make the call; `distributed=False` embeds everything in this process)."""
+    items = frame_items(items) if isinstance(items, pd.DataFrame) else list(items)   # a frame: its path(s) column
+    embed = self.tracklets if items and isinstance(items[0], (list, tuple)) else self.images
+    if not self.distributed: return embed(items)
+    from iaunet_fastai.distributed import sharded_apply
+    return sharded_apply(embed, items)

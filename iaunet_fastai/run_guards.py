@@ -9,11 +9,12 @@ __all__ = ['RESUME_FREE', 'check_option_types', 'command_options', 'parse_pair',
            'check_query_gallery', 'resume_differences', 'describe_differences', 'data_identity', 'check_same_data',
            'NonFiniteGuard', 'RunLog', 'trim_history']
 
-# %% ../nbs/10i_run_guards.ipynb #67b4d1ca
+# %% ../nbs/10i_run_guards.ipynb #fcae3224
 from .core import *
 import functools, hashlib, inspect, io, json, math, os, sys, time
 from pathlib import Path
 import torch
+from fastcore.basics import patch
 from fastai.callback.core import Callback, CancelFitException
 
 # %% ../nbs/10i_run_guards.ipynb #a2fcfb79
@@ -90,7 +91,7 @@ def check_query_gallery(df, gallery='non_query'):
     if ok < len(q): print(f"note: {len(q) - ok} of {len(q)} queries have no match in the gallery; the evaluation skips them")
     return ok
 
-# %% ../nbs/10i_run_guards.ipynb #9f0dd31f
+# %% ../nbs/10i_run_guards.ipynb #55d4698d
 RESUME_FREE = ('workers', 'no_check', 'out', 'allow_changes')
 
 def resume_differences(saved, typed) -> dict:
@@ -104,8 +105,8 @@ def _digest(o): return hashlib.sha1(json.dumps(o, sort_keys=True).encode()).hexd
 
 def data_identity(df, root=None) -> dict:
     "The train identities and a fingerprint of the files (name relative to `root` + size) of a canonical frame."
-    col = 'paths' if 'paths' in df.columns else 'path'
-    files = sorted({p for it in df[col] for p in ([it] if isinstance(it, str) else it)})
+    from iaunet_fastai.items import frame_items
+    files = sorted({p for it in frame_items(df) for p in ([it] if isinstance(it, str) else it)})
     def rel(p):
         try: return str(Path(p).relative_to(root)) if root else p
         except ValueError: return p
@@ -126,7 +127,7 @@ def check_same_data(saved, now, root, allow_changes=False) -> bool:
                              "to continue anyway (recorded in config.json), or start a new run")
     return True
 
-# %% ../nbs/10i_run_guards.ipynb #e73bc7c9
+# %% ../nbs/10i_run_guards.ipynb #7de59e9d
 class NonFiniteGuard(Callback):
     """Stop the fit at the first non-finite training loss, at non-finite weights/buffers after an epoch's training, or at
     non-finite embeddings in its validation; `.message` says where, in one line. No host sync per batch: on a GPU a
@@ -162,17 +163,24 @@ class NonFiniteGuard(Callback):
         bad = non_finite_entries(self.learn.model.state_dict())
         if bad: self._stop(f"training stopped after epoch {self.epoch}: weights or buffers are not finite (NaN/inf in "
                            + ', '.join(f"{k} ({n})" for k, n in list(bad.items())[:3]) + ") although the loss stayed finite,")
-    def before_validate(self): self._vbad = None
-    def after_pred(self):
-        if self.training: return
-        preds = self.pred if isinstance(self.pred, (tuple, list)) else [self.pred]
-        ok = torch.stack([torch.isfinite(p).all() for p in preds if torch.is_tensor(p) and p.is_floating_point()]).all()
-        b = torch.where(ok, -1, self.iter)                                  # stays on the device
-        self._vbad = b if self._vbad is None else torch.where(self._vbad >= 0, self._vbad, b)
-    def after_validate(self):
-        if getattr(self, '_vbad', None) is None or int(self._vbad) < 0: return
-        self._stop(f"training stopped at epoch {self.epoch}, validation batch {int(self._vbad)}: the model's embeddings "
-                   "are not finite after training")
+
+# %% ../nbs/10i_run_guards.ipynb #6ea3b8f7
+@patch
+def before_validate(self:NonFiniteGuard): self._vbad = None
+
+@patch
+def after_pred(self:NonFiniteGuard):
+    if self.training: return
+    preds = self.pred if isinstance(self.pred, (tuple, list)) else [self.pred]
+    ok = torch.stack([torch.isfinite(p).all() for p in preds if torch.is_tensor(p) and p.is_floating_point()]).all()
+    b = torch.where(ok, -1, self.iter)                                  # stays on the device
+    self._vbad = b if self._vbad is None else torch.where(self._vbad >= 0, self._vbad, b)
+
+@patch
+def after_validate(self:NonFiniteGuard):
+    if getattr(self, '_vbad', None) is None or int(self._vbad) < 0: return
+    self._stop(f"training stopped at epoch {self.epoch}, validation batch {int(self._vbad)}: the model's embeddings "
+               "are not finite after training")
 
 # %% ../nbs/10i_run_guards.ipynb #2469b747
 class _Tee(io.TextIOBase):

@@ -1,7 +1,7 @@
 """Nothing lost, nothing silently wrong, second pass (issue 25): the lock on --out, the non-finite guard, full disks,
 closed pipes, --resume's checks, validation before any write, and the pre-flight's new reports.
 One test (or more) per numbered fault case of the issue; tiny synthetic world at 64x32, resnet18, 1 epoch, workers 0."""
-import contextlib, fcntl, io, json, os, resource, shutil, signal, subprocess, sys, uuid, warnings
+import contextlib, fcntl, inspect, io, json, os, resource, shutil, signal, subprocess, sys, uuid, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -404,3 +404,12 @@ def test_16_output_files_follow_the_umask(messy_run, tmp_path):
         with atomic_path(tmp_path/'x.npz') as t: t.write_bytes(b'x')
     finally: os.umask(old)
     assert (tmp_path/'x.npz').stat().st_mode & 0o777 == 0o640
+
+
+# ---------------------------------------------------------------- issue 23: an option typed at its default value is typed
+def test_option_typed_at_its_default_value_counts_as_typed(run, capsys):
+    "`--resume --epochs 60` (60 is the default) on a 1-epoch run is a change, refused like any other, not silently dropped."
+    cfg = json.loads((run/'config.json').read_text())['options']
+    assert cfg['epochs'] == 1 and inspect.signature(train_cli).parameters['epochs'].default == 60
+    assert cli_main(['train', '--out', str(run), '--resume', '--epochs', '60']) == 1
+    _one_line_error(capsys.readouterr().err, 'options differ', '--epochs 1 -> 60')
