@@ -25,6 +25,7 @@ from .losses import *
 from .metrics import *
 from .verification import *   # open-set verification: verification_report, fit_verifier, learn.verify
 from .callbacks import *
+from .reid_learner import *   # ReIDLearner (dispatch, fit checks, validate, predict, to_distributed)
 from .learner import *
 from .inference import *
 from .interpret import *
@@ -35,5 +36,5 @@ from .commands import *
 from .gallery import *
 from .targets import *        # cross-domain CLI runs (--sources/--targets), eval --verify
 from .export import *         # ONNX export (iaunet export)
-from .distributed import *     # also patches Learner.distrib_ctx/to_distributed (fastai.distributed + gloo/CPU support)
+from .distributed import *     # imports fastai.distributed (Learner.distrib_ctx); fastai's Learner is left as fastai defines it
 from fastai.learner import load_learner   # for learn.export() files (pickles: trusted files only)

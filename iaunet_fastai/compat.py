@@ -4,19 +4,22 @@
 
 # %% auto #0
 __all__ = ['PRIVATE_NAMES', 'BatchNormBase', 'resolve_private', 'check_private_names', 'recorder_valid_metrics', 'parser_actions',
-           'is_store_false']
+           'is_store_false', 'per_batch_events']
 
 # %% ../nbs/00b_compat.ipynb #f71316e9
 import argparse, importlib
 import torch
 from torch import nn
 
-# %% ../nbs/00b_compat.ipynb #735966a2
+# %% ../nbs/00b_compat.ipynb #7c12e1e3
 PRIVATE_NAMES = {
     'torch.nn.modules.batchnorm._BatchNorm': 'the common base of BatchNorm1d/2d/3d and SyncBatchNorm (init, freezing)',
     'fastai.learner.Recorder._valid_mets': 'the metrics of the validation pass, in the order of the log columns',
     'argparse.ArgumentParser()._actions': "a parser's options, to add `--x` for each `--no-x` flag",
     'argparse._StoreFalseAction': 'recognises the `--no-x` flags',
+    'fastai.callback.core._inner_loop': 'the per-batch events: `ReIDLearner` calls only the callbacks that define them',
+    'fastai.distributed.DistributedTrainer._wrap_dl': 'the hook `ReIDDistributedTrainer` overrides (loaders in `ReIDDistributedDL`)',
+    'fastai.distributed.DistributedDL._broadcast': 'the index broadcast `ReIDDistributedDL` overrides (gloo too, clip specs)',
 }
 
 # %% ../nbs/00b_compat.ipynb #e4754a4c
@@ -59,3 +62,9 @@ def parser_actions(p:argparse.ArgumentParser) -> list:
 def is_store_false(action) -> bool:
     "Is `action` a `--no-x` style flag (stores False when given)?"
     return isinstance(action, argparse._StoreFalseAction)
+
+# %% ../nbs/00b_compat.ipynb #4d2e7884
+def per_batch_events() -> frozenset:
+    "fastai's per-batch event names (`before_batch` ... `after_batch`, the cancel events included)."
+    from fastai.callback.core import _inner_loop
+    return frozenset(_inner_loop)

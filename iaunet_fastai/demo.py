@@ -5,8 +5,9 @@
 # %% auto #0
 __all__ = ['CPU_RECIPE', 'GPU_RECIPE', 'run_demo', 'main']
 
-# %% ../nbs/12_demo.ipynb #3c5cc663
+# %% ../nbs/12_demo.ipynb #704f85ee
 from .core import *
+from .config import ARCH, IMG_SIZE, P, K, IAU_STAGES, LR
 import time, json, sys
 from pathlib import Path
 import numpy as np
@@ -20,86 +21,117 @@ from .learner import iaunet_learner, ConsoleTable
 from .inference import FeatureExtractor, save_reid_model
 from .commands import final_metrics
 
-# %% ../nbs/12_demo.ipynb #efcffded
-CPU_RECIPE = dict(arch='resnet18', size=(128, 64), epochs=16, lr=3e-3, P=16, K=4, every=4)
-GPU_RECIPE = dict(arch='resnet50', size=(256, 128), epochs=40, lr=3.5e-4*4, P=16, K=4, every=1)
+# %% ../nbs/12_demo.ipynb #53f54e66
+CPU_RECIPE = dict(arch='resnet18', size=(128, 64), epochs=16, lr=3e-3, P=P, K=K, every=4)
+GPU_RECIPE = dict(arch=ARCH, size=IMG_SIZE, epochs=40, lr=LR*4, P=P, K=K, every=1)   # the paper's backbone and size
 
 def _say(*a): print(*a, flush=True)
 
-def run_demo(out='demo_out', data='data/synth', preset='small', seed=0, arch=None, size=None, epochs=None,
-             lr=None, P=None, iau_stages=(2, 3), workers=None, quiet_bars=False, every=None, world_seed=None):
-    """Synthetic world → part masks → IAUnet training → retrieval metrics and pictures in `out`. Returns the results.
-    `world_seed` (default `seed`) draws the world, `seed` the training: several training seeds can share one world."""
-    t_start = time.time()
-    gpu = torch.cuda.is_available()
+def _recipe(gpu:bool, **overrides) -> dict:
+    "The GPU or CPU recipe with the `overrides` that are not None."
     rc = dict(GPU_RECIPE if gpu else CPU_RECIPE)
-    rc.update({k: v for k, v in dict(arch=arch, size=size, epochs=epochs, lr=lr, P=P, every=every).items() if v is not None})
-    out, data = Path(out), Path(data)
-    out.mkdir(parents=True, exist_ok=True)
-    seed_everything(seed)
-    _say(f"[1/5] synthetic world ({preset}) -> {data}")
-    world = make_synthetic_reid(data, preset=preset, seed=seed if world_seed is None else world_seed, datasets=('market1501',))
+    rc.update({k: v for k, v in overrides.items() if v is not None})
+    return rc
+
+# %% ../nbs/12_demo.ipynb #60823ecb
+def _write_world(data, preset, seed):
+    "Step 1: the synthetic world in `data` and its Market-1501 frame (the split's sizes printed)."
+    world = make_synthetic_reid(data, preset=preset, seed=seed, datasets=('market1501',))
     df = market1501_df(world/'Market-1501')
     n = df.split.value_counts().to_dict()
     _say(f"      train {n.get('train', 0)} images of {df[df.split == 'train'].pid.nunique()} identities, "
          f"query {n.get('query', 0)}, gallery {n.get('gallery', 0)}")
-    _say("[2/5] part masks from the JPPNet-format label PNGs")
+    return world, df
+
+def _masks_and_loaders(world, df, out, rc, seed, num_workers):
+    "Step 2: the part-mask cache from the JPPNet-format label PNGs, then the P×K loaders that read it."
     precompute_part_masks(world/'Market-1501', out/'part_masks', parser='lip', image_glob='bounding_box_train/*',
-                                  label_dir=world/'parsing'/'Market-1501', size=tuple(rc['size']))
-    dls = reid_dls(df, size=rc['size'], P=rc['P'], K=rc['K'], masks=out/'part_masks', seed=seed,
-                   num_workers=workers if workers is not None else (4 if gpu else 0))
-    learn = iaunet_learner(dls, rc['arch'], pretrained=False, iau_stages=iau_stages, every=rc['every'], cbs=ConsoleTable())
-    if gpu: learn = learn.to_bf16()
-    _say(f"[3/5] untrained {rc['arch']} IAUnet at {rc['size'][0]}x{rc['size'][1]} on {best_device()}")
+                          label_dir=world/'parsing'/'Market-1501', size=tuple(rc['size']))
+    return reid_dls(df, size=rc['size'], P=rc['P'], K=rc['K'], masks=out/'part_masks', seed=seed, num_workers=num_workers)
+
+# %% ../nbs/12_demo.ipynb #3f87bf43
+def _untrained_scores(learn) -> dict:
+    "Step 3: the retrieval scores of the model before training (the reference the trained ones must beat)."
     with learn.no_bar(): learn.validate()
     untrained = dict(final_metrics(learn))
     _say(f"      untrained: rank-1 {untrained['rank1']:.4f}  mAP {untrained['mAP']:.4f}")
-    _say(f"[4/5] training {rc['epochs']} epochs (fit_one_cycle, lr {rc['lr']})")
+    return untrained
+
+def _train(learn, rc, seed, quiet_bars) -> float:
+    "Step 4: `fit_one_cycle` with the recipe's epochs and lr, from seed `seed`; returns the seconds it took."
     seed_everything(seed)
-    t_fit = time.time()
+    t = time.time()
     if quiet_bars:
         with learn.no_bar(): learn.fit_one_cycle(rc['epochs'], rc['lr'])
     else: learn.fit_one_cycle(rc['epochs'], rc['lr'])
-    t_fit = time.time() - t_fit
-    n_seen = rc['epochs'] * len(dls.train) * dls.train.bs
+    return time.time() - t
+
+# %% ../nbs/12_demo.ipynb #5096cd86
+def _save_pictures(learn, dls, res, untrained, out, n_queries=6, k=8):
+    "Step 5: the CMC curves (untrained and trained) and a ranked list of a few queries, as PNG files in `out`."
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    ax = plot_cmc([untrained, res], labels=['untrained', 'trained'], dpi=80)
+    ax.figure.savefig(out/'cmc.png', bbox_inches='tight'); plt.close(ax.figure)
+    q, g = dls.query_df, dls.gallery_df
+    qi = np.sort(np.random.default_rng(0).choice(len(q), min(n_queries, len(q)), replace=False))
+    fx = FeatureExtractor(learn)
+    qf, gf = fx(list(q.path.iloc[qi])), fx(list(g.path))
+    fig = show_ranked(list(q.path.iloc[qi]), list(g.path), 1 - qf @ gf.T, q.pid.values[qi], g.pid.values, q.camid.values[qi],
+                      g.camid.values, k=k, dpi=60)
+    fig.savefig(out/'ranked.png', bbox_inches='tight'); plt.close(fig)
+
+# %% ../nbs/12_demo.ipynb #ab284eaa
+def _summary(rc, untrained, res, t_fit, n_seen, iau_stages, t_start) -> dict:
+    "What `summary.json` holds: the recipe, the device, the untrained and trained scores, the pace."
+    return dict(recipe={k: list(v) if isinstance(v, tuple) else v for k, v in rc.items()}, device=str(best_device()),
+                untrained={k: untrained[k] for k in ('rank1', 'rank5', 'mAP', 'mINP')},
+                trained={k: res[k] for k in ('rank1', 'rank5', 'rank10', 'mAP', 'mINP')},
+                train_seconds=round(t_fit, 1), train_images_per_s=round(n_seen / t_fit, 1),
+                iau_stages=list(iau_stages), seconds=round(time.time() - t_start, 1))
+
+def run_demo(out='demo_out', data='data/synth', preset='small', seed=0, arch=None, size=None, epochs=None,
+             lr=None, P=None, iau_stages=IAU_STAGES, workers=None, quiet_bars=False, every=None, world_seed=None):
+    """Synthetic world → part masks → IAUnet training → retrieval metrics and pictures in `out`. Returns the results.
+    `world_seed` (default `seed`) draws the world, `seed` the training: several training seeds can share one world."""
+    t_start, gpu = time.time(), torch.cuda.is_available()
+    rc = _recipe(gpu, arch=arch, size=size, epochs=epochs, lr=lr, P=P, every=every)
+    out, data = Path(out), Path(data)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed)
+    _say(f"[1/5] synthetic world ({preset}) -> {data}")
+    world, df = _write_world(data, preset, seed if world_seed is None else world_seed)
+    _say("[2/5] part masks from the JPPNet-format label PNGs")
+    dls = _masks_and_loaders(world, df, out, rc, seed, workers if workers is not None else (4 if gpu else 0))
+    learn = iaunet_learner(dls, rc['arch'], pretrained=False, iau_stages=iau_stages, every=rc['every'], cbs=ConsoleTable())
+    if gpu: learn = learn.to_bf16()
+    _say(f"[3/5] untrained {rc['arch']} IAUnet at {rc['size'][0]}x{rc['size'][1]} on {best_device()}")
+    untrained = _untrained_scores(learn)
+    _say(f"[4/5] training {rc['epochs']} epochs (fit_one_cycle, lr {rc['lr']})")
+    t_fit = _train(learn, rc, seed, quiet_bars)
     res = final_metrics(learn)
     _say("[5/5] saving the model, the CMC plot and a ranked list")
     save_reid_model(learn, out/'model.pth')
     _save_pictures(learn, dls, res, untrained, out)
-    summary = dict(recipe={k: list(v) if isinstance(v, tuple) else v for k, v in rc.items()}, device=str(best_device()),
-                   untrained={k: untrained[k] for k in ('rank1', 'rank5', 'mAP', 'mINP')},
-                   trained={k: res[k] for k in ('rank1', 'rank5', 'rank10', 'mAP', 'mINP')},
-                   train_seconds=round(t_fit, 1), train_images_per_s=round(n_seen / t_fit, 1),
-                   iau_stages=list(iau_stages), seconds=round(time.time() - t_start, 1))
+    summary = _summary(rc, untrained, res, t_fit, rc['epochs'] * len(dls.train) * dls.train.bs, iau_stages, t_start)
     (out/'summary.json').write_text(json.dumps(summary, indent=1))
     _say(f"untrained: rank-1 {untrained['rank1']:.4f}  mAP {untrained['mAP']:.4f}")
     _say(f"rank-1 {res['rank1']:.4f}  mAP {res['mAP']:.4f}")
     _say(f"(total {summary['seconds']:.0f} s; model, cmc.png, ranked.png and summary.json in {out})")
     return summary
 
-def _save_pictures(learn, dls, res, untrained, out, n_queries=6, k=8):
-    import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    ax = plot_cmc([untrained, res], labels=['untrained', 'trained'], dpi=80)
-    ax.figure.savefig(out/'cmc.png', bbox_inches='tight'); plt.close(ax.figure)
-    q, g = dls.query_df, dls.gallery_df
-    rng = np.random.default_rng(0)
-    qi = np.sort(rng.choice(len(q), min(n_queries, len(q)), replace=False))
-    fx = FeatureExtractor(learn)
-    qf, gf = fx(list(q.path.iloc[qi])), fx(list(g.path))
-    dist = 1 - qf @ gf.T
-    fig = show_ranked(list(q.path.iloc[qi]), list(g.path), dist, q.pid.values[qi], g.pid.values, q.camid.values[qi],
-                      g.camid.values, k=k, dpi=60)
-    fig.savefig(out/'ranked.png', bbox_inches='tight'); plt.close(fig)
-
-# %% ../nbs/12_demo.ipynb #cdf7d608
-def main(argv=None):
-    "`python -m iaunet_fastai.demo [--out demo_out] [--data data/synth] [--epochs N] [--arch NAME] [--seed S]`"
+# %% ../nbs/12_demo.ipynb #fbb02847
+def _demo_parser():
+    "The options of `python -m iaunet_fastai.demo`."
     import argparse
     p = argparse.ArgumentParser(description='iaunet_fastai demo: synthetic world -> part masks -> IAUnet -> rank-1/mAP')
     p.add_argument('--out', default='demo_out'); p.add_argument('--data', default='data/synth')
     p.add_argument('--epochs', type=int); p.add_argument('--arch'); p.add_argument('--seed', type=int, default=0)
-    a = p.parse_args(argv)
+    return p
+
+def main(argv=None):
+    "`python -m iaunet_fastai.demo [--out demo_out] [--data data/synth] [--epochs N] [--arch NAME] [--seed S]`"
+    a = _demo_parser().parse_args(argv)
     run_demo(a.out, a.data, seed=a.seed, epochs=a.epochs, arch=a.arch)
     return 0
 

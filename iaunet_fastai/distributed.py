@@ -8,17 +8,14 @@ __all__ = ['is_distributed', 'init_distributed', 'comm_device', 'all_gather_cat'
            'broadcast_object', 'ReIDDistributedDL', 'ReIDDistributedTrainer', 'reid_distrib_ctx', 'gather_eval_set',
            'shard_bounds', 'sharded_apply']
 
-# %% ../nbs/10d_distributed.ipynb #2d9a1cdd
+# %% ../nbs/10d_distributed.ipynb #49dffba4
 from .core import *
 import torch
 import torch.distributed as dist
-from fastcore.basics import patch
-from fastai.learner import Learner
-from fastai.torch_core import num_distrib, rank_distrib
-from fastai.callback.progress import ProgressCallback
+from fastai.torch_core import num_distrib
 import fastai.distributed            # patches `Learner.distrib_ctx` (needs `accelerate`, a dependency)
 from fastai.distributed import DistributedDL, DistributedTrainer
-from .data import _AsyncToDevice
+from .workers import KeptWorkersDL
 
 # %% ../nbs/10d_distributed.ipynb #8de7c8bd
 def is_distributed() -> bool:
@@ -85,7 +82,7 @@ def broadcast_object(obj, src:int=0):
     return l[0]
 
 # %% ../nbs/10d_distributed.ipynb #f79923f9
-class ReIDDistributedDL(_AsyncToDevice, DistributedDL):
+class ReIDDistributedDL(KeptWorkersDL, DistributedDL):
     """fastai's `DistributedDL` whose index broadcast works with any backend (gloo on the CPU, NCCL on GPUs) and any
     picklable indices (the `(row, frames)` clip specs of video P×K loaders). Without a process group the indices are
     used as they are (e.g. to simulate a rank in a test; processes given the same seed draw the same ones). Started by
@@ -94,18 +91,20 @@ class ReIDDistributedDL(_AsyncToDevice, DistributedDL):
     when the loader it wraps does (`reid_dls(persistent_workers=True)`): the wrapper takes over (the wrapped loader's
     own idle workers are stopped)."""
     def __init__(self, dl, *args, **kwargs):
-        if isinstance(dl, _AsyncToDevice): dl.shutdown_workers()
+        if isinstance(dl, KeptWorkersDL): dl.shutdown_workers()
         super().__init__(dl, *args, **kwargs)
 
     def _broadcast(self, t, rank):
         init_distributed()
         return list(broadcast_object(list(t), rank))
 
-# %% ../nbs/10d_distributed.ipynb #95dc2c4a
+# %% ../nbs/10d_distributed.ipynb #eef77b53
 def _model_device(model):
+    "The device of `model`'s first parameter (None without parameters)."
     p = next(iter(model.parameters()), None)
     return None if p is None else p.device
 
+# %% ../nbs/10d_distributed.ipynb #2a7a47d7
 class ReIDDistributedTrainer(DistributedTrainer):
     "fastai's `DistributedTrainer` with `ReIDDistributedDL` loaders, `sync_bn` on GPUs only and rank 0's BN statistics at validation."
     def before_fit(self):
@@ -132,14 +131,7 @@ class ReIDDistributedTrainer(DistributedTrainer):
             with torch.no_grad():
                 for b in self.learn.model.buffers(): dist.broadcast(b, 0)
 
-@patch
-def to_distributed(self:Learner, sync_bn=True, **kwargs):
-    "Add `ReIDDistributedTrainer` (fastai's `DistributedTrainer`, backend-agnostic; see `iaunet_fastai.distributed`)."
-    if 'cpu' not in kwargs and not torch.cuda.is_available(): kwargs['cpu'] = True   # Accelerate's multi-CPU (gloo) mode
-    self.add_cb(ReIDDistributedTrainer(sync_bn, **kwargs))
-    if rank_distrib(): self.remove_cb(ProgressCallback)
-    return self
-
+# %% ../nbs/10d_distributed.ipynb #085aef52
 def reid_distrib_ctx(learn, sync_bn=None, **kwargs):
     "`learn.distrib_ctx(...)` with `sync_bn` defaulting to whether CUDA is available (`SyncBatchNorm` needs GPUs)."
     if sync_bn is None: sync_bn = torch.cuda.is_available()

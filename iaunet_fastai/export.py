@@ -6,17 +6,19 @@ embeddings) as ONNX with a dynamic batch axis, checked against PyTorch with onnx
 # %% auto #0
 __all__ = ['export_onnx', 'check_onnx', 'onnx_metadata', 'export_cli']
 
-# %% ../nbs/10f_export.ipynb #d15a2f5e
+# %% ../nbs/10f_export.ipynb #ac0b4fba
 from .core import *
 import json
 from pathlib import Path
 import numpy as np
 import torch
 from fastai.vision.core import imagenet_stats
+from .config import IMG_SIZE, SEQ_LEN
 from .models import VideoIAUnet
 
-# %% ../nbs/10f_export.ipynb #4304c015
+# %% ../nbs/10f_export.ipynb #0162bf9b
 def _onnx_modules():
+    "`(onnx, onnxruntime)`; `ReIDInputError` naming the extra to install when they are missing."
     try:
         import onnx, onnxruntime  # noqa: F401
         return onnx, onnxruntime
@@ -24,11 +26,13 @@ def _onnx_modules():
         raise ReIDInputError(f"ONNX export needs the onnx extra: pip install 'iaunet_fastai[onnx]' ({e})") from None
 
 def _example_input(model, batch=2):
+    "A random input batch of `model`'s recorded size (`reid_config`; default `IMG_SIZE`): images, or clips for a video model."
     cfg = getattr(model, 'reid_config', None) or {}
-    h, w = cfg.get('img_size') or (256, 128)
-    if isinstance(model, VideoIAUnet): return torch.randn(batch, model.seq_len or cfg.get('seq_len') or 4, 3, h, w)
+    h, w = cfg.get('img_size') or IMG_SIZE
+    if isinstance(model, VideoIAUnet): return torch.randn(batch, model.seq_len or cfg.get('seq_len') or SEQ_LEN, 3, h, w)
     return torch.randn(batch, 3, h, w)
 
+# %% ../nbs/10f_export.ipynb #a1c1a769
 def export_onnx(model, fname, dynamo=True, opset=None) -> Path:
     """Write the evaluation model (`model`, a learner, or a model file) to the ONNX file `fname` with a dynamic batch
     axis (`images` → `embeddings`), atomically; the metadata records the input size, T, normalisation and dim."""

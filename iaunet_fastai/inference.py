@@ -25,8 +25,7 @@ import pandas as pd
 # %% ../nbs/10b_inference.ipynb #4e696746
 import warnings
 from .models import _is_plain_value
-from .interpret import _dls_attr
-from .native import sync_input_size
+from .reid_learner import dls_attr, sync_input_size
 
 CONFIG_VERSION = 2            # 2: every constructor option (issue 11); files without it were written before
 LEGACY_OPTIONS = dict(part_norm='area', neck='bnneck', per_frame=False, last_stride=1)   # what those files computed
@@ -143,7 +142,7 @@ class FeatureExtractor:
             else: src = load_reid_model(p)
         model = getattr(src, 'model', src)
         cfg = getattr(model, 'reid_config', None) or {}
-        if size is None: size = _dls_attr(getattr(src, 'dls', None), 'img_size') or cfg.get('img_size') or IMG_SIZE
+        if size is None: size = dls_attr(getattr(src, 'dls', None), 'img_size') or cfg.get('img_size') or IMG_SIZE
         self.model, self.size, self.device = model, tuple(size), best_device(device)
         self.bs, self.flip_tta, self.distributed = bs, flip_tta, distributed
         self.seq_len = getattr(model, 'seq_len', None) if isinstance(model, VideoIAUnet) else None

@@ -37,7 +37,7 @@ def _low(k): return (k & ((1 << _LB) - 1)).long()
 def _bin_key(b, low): return int(((int(b) - (_NB >> 1)) << _LB) | int(low))   # key of (bin, low)
 def _bin(key): return (int(key) >> _LB) + (_NB >> 1)                           # bin of a key
 
-# %% ../nbs/08b_verification.ipynb #cb9dfdc6
+# %% ../nbs/08b_verification.ipynb #95a7dfba
 class _Pairs:
     "Query×gallery pairs of a verification problem, served as distance blocks with their same-pid pairs."
     def __init__(self, qf, gf, q_pids, g_pids, q_camids, g_camids, metric, dist, chunk_size, device):
@@ -62,32 +62,35 @@ class _Pairs:
         if self.D is None: return _feature_chunks(self.qf, self.gf, self.metric, self.cs)
         return _matrix_chunks(self.D, self.cs, self.qkeep, self.gkeep if self.G < self.D.shape[1] else None)
 
-    def _same_pid_pairs(self, d, s, e):
-        "The same-pid distances of queries `s:e` (gathered from `d`), their positive flags and `(rows, cols)` in `d`."
-        qlen = self.qlen[s:e]
-        ar = torch.arange(max(int(qlen.max()), 1), device=self.dev)
-        m = ar[None] < qlen[:, None]
-        idx = self.order[(self.qstart[s:e, None] + ar[None]).clamp_max(self.G - 1)]
-        same = d.gather(1, idx)[m]
-        pos = (self.gc[idx] != self.qc[s:e, None])[m] if self.cams else torch.ones_like(same, dtype=torch.bool)
-        return same, pos, (m.nonzero()[:, 0], idx[m])
+# %% ../nbs/08b_verification.ipynb #708d8799
+def _same_pid_pairs(self, d, s, e):
+    "The same-pid distances of queries `s:e` (gathered from `d`), their positive flags and `(rows, cols)` in `d`."
+    qlen = self.qlen[s:e]
+    ar = torch.arange(max(int(qlen.max()), 1), device=self.dev)
+    m = ar[None] < qlen[:, None]
+    idx = self.order[(self.qstart[s:e, None] + ar[None]).clamp_max(self.G - 1)]
+    same = d.gather(1, idx)[m]
+    pos = (self.gc[idx] != self.qc[s:e, None])[m] if self.cams else torch.ones_like(same, dtype=torch.bool)
+    return same, pos, (m.nonzero()[:, 0], idx[m])
 
-    def chunks(self):
-        """Yield `(d [c, G] float32, same-pid distances (1-D), positive flags (1-D), (rows, cols) of the same-pid pairs in
-        `d`)` for every chunk of queries."""
-        for s, e, d in self._distance_chunks():
-            d = d + 0.                                     # -0.0 -> +0.0 (one copy per chunk)
-            yield (d, *self._same_pid_pairs(d, s, e))
+def _chunks(self):
+    """Yield `(d [c, G] float32, same-pid distances (1-D), positive flags (1-D), (rows, cols) of the same-pid pairs in
+    `d`)` for every chunk of queries."""
+    for s, e, d in self._distance_chunks():
+        d = d + 0.                                     # -0.0 -> +0.0 (one copy per chunk)
+        yield (d, *self._same_pid_pairs(d, s, e))
 
-    def n_pairs(self):
-        "`(positives, negatives, junk)` pair counts."
-        same, cross = int(self.qlen.sum()), 0
-        if self.cams:
-            n = torch.repeat_interleave(torch.arange(self.Q, device=self.dev), self.qlen)
-            off = torch.arange(len(n), device=self.dev) - torch.repeat_interleave(torch.cumsum(self.qlen, 0) - self.qlen, self.qlen)
-            cross = int((self.gc[self.order[self.qstart[n] + off]] != self.qc[n]).sum())
-        else: cross = same
-        return cross, self.Q * self.G - same, same - cross
+def _n_pairs(self):
+    "`(positives, negatives, junk)` pair counts."
+    same, cross = int(self.qlen.sum()), 0
+    if self.cams:
+        n = torch.repeat_interleave(torch.arange(self.Q, device=self.dev), self.qlen)
+        off = torch.arange(len(n), device=self.dev) - torch.repeat_interleave(torch.cumsum(self.qlen, 0) - self.qlen, self.qlen)
+        cross = int((self.gc[self.order[self.qstart[n] + off]] != self.qc[n]).sum())
+    else: cross = same
+    return cross, self.Q * self.G - same, same - cross
+
+_Pairs._same_pid_pairs, _Pairs.chunks, _Pairs.n_pairs = _same_pid_pairs, _chunks, _n_pairs
 
 # %% ../nbs/08b_verification.ipynb #674654fe
 def _pass1(pairs):
@@ -303,7 +306,7 @@ def _rowwise_distance(a, b, metric):
     if metric == 'cosine': return 1. - (F.normalize(a, dim=1) * b).sum(1) / b.norm(dim=1).clamp_min(1e-12)
     return (a - b).pow(2).sum(1).sqrt()
 
-# %% ../nbs/08b_verification.ipynb #e250e415
+# %% ../nbs/08b_verification.ipynb #abf09073
 class Verifier:
     """`p(same identity | distance)` (isotonic regression: a decreasing piecewise-linear table `x` → `y`) and the exact
     distance thresholds of its fitting pairs at the FPRs `fprs`; `fpr` is the default operating point of `decide`."""
@@ -338,33 +341,39 @@ class Verifier:
         if not len(ok): raise ReIDInputError(f"`fpr` {fpr} is below the smallest FPR this verifier kept ({self.fprs.min():g})")
         return float(self.thresholds[ok[-1]])
 
-    def distance(self, a, b):
-        "Distances of the embedding pairs `(a[i], b[i])` ([N, D] or [D] each)."
-        return _rowwise_distance(a, b, self.metric)
+# %% ../nbs/08b_verification.ipynb #8af8bc22
+@patch
+def distance(self:Verifier, a, b):
+    "Distances of the embedding pairs `(a[i], b[i])` ([N, D] or [D] each)."
+    return _rowwise_distance(a, b, self.metric)
 
-    def decide(self, a, b, fpr=None, p=None):
-        "True where the embeddings `a[i]`, `b[i]` show the same identity (threshold at `fpr`, or at probability `p`)."
-        return self.distance(a, b) <= self.threshold(fpr=fpr, p=p)
+@patch
+def decide(self:Verifier, a, b, fpr=None, p=None):
+    "True where the embeddings `a[i]`, `b[i]` show the same identity (threshold at `fpr`, or at probability `p`)."
+    return self.distance(a, b) <= self.threshold(fpr=fpr, p=p)
 
-    def verify(self, a, b, fpr=None, p=None) -> dict:
-        "`same`, `prob` and `distance` of the embedding pairs `(a[i], b[i])`, and the `threshold` used."
-        d, thr = self.distance(a, b), self.threshold(fpr=fpr, p=p)
-        return dict(same=d <= thr, prob=self.prob(d).float(), distance=d, threshold=thr)
+@patch
+def verify(self:Verifier, a, b, fpr=None, p=None) -> dict:
+    "`same`, `prob` and `distance` of the embedding pairs `(a[i], b[i])`, and the `threshold` used."
+    d, thr = self.distance(a, b), self.threshold(fpr=fpr, p=p)
+    return dict(same=d <= thr, prob=self.prob(d).float(), distance=d, threshold=thr)
 
-    def state_dict(self) -> dict:
-        "Plain numbers and tensors (for `torch.load(weights_only=True)`)."
-        return dict(kind='isotonic', x=torch.from_numpy(self.x), y=torch.from_numpy(self.y), fprs=torch.from_numpy(self.fprs),
-                    thresholds=torch.from_numpy(self.thresholds), metric=self.metric, fpr=self.fpr, prior=self.prior,
-                    n_pos=self.n_pos, n_neg=self.n_neg)
+@patch
+def state_dict(self:Verifier) -> dict:
+    "Plain numbers and tensors (for `torch.load(weights_only=True)`)."
+    return dict(kind='isotonic', x=torch.from_numpy(self.x), y=torch.from_numpy(self.y), fprs=torch.from_numpy(self.fprs),
+                thresholds=torch.from_numpy(self.thresholds), metric=self.metric, fpr=self.fpr, prior=self.prior,
+                n_pos=self.n_pos, n_neg=self.n_neg)
 
-    @classmethod
-    def from_state(cls, sd):
-        if not isinstance(sd, dict) or sd.get('kind') != 'isotonic': raise ReIDInputError("not a verifier state (kind 'isotonic')")
-        return cls(**{k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in sd.items() if k != 'kind'})
+@patch(cls_method=True)
+def from_state(cls:Verifier, sd):
+    if not isinstance(sd, dict) or sd.get('kind') != 'isotonic': raise ReIDInputError("not a verifier state (kind 'isotonic')")
+    return cls(**{k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in sd.items() if k != 'kind'})
 
-    def __repr__(self):
-        return (f"Verifier({self.metric}, isotonic with {len(self.x)} knots, fitted on {self.n_pos} same / {self.n_neg} "
-                f"different pairs; at FPR {self.fpr:g}: d <= {self.threshold():.4f})")
+@patch
+def __repr__(self:Verifier):
+    return (f"Verifier({self.metric}, isotonic with {len(self.x)} knots, fitted on {self.n_pos} same / {self.n_neg} "
+            f"different pairs; at FPR {self.fpr:g}: d <= {self.threshold():.4f})")
 
 # %% ../nbs/08b_verification.ipynb #f3aa628e
 def _problem(src, pids, camids, df):

@@ -150,5 +150,24 @@ def test_pk_sampler_under_two_processes(run2):
         assert not set(a) & set(b)
 
 
+def test_importing_the_library_leaves_fastais_learner_as_fastai_defines_it():
+    "`import iaunet_fastai.all` adds methods to fastai's `Learner` but replaces none: `to_distributed`/`distrib_ctx` stay fastai's."
+    code = """
+import fastai.distributed, fastai.vision.all, fastai.callback.all
+from fastai.learner import Learner
+before = dict(vars(Learner))
+import iaunet_fastai.all
+from iaunet_fastai.all import ReIDLearner, ReIDDistributedTrainer
+assert Learner.to_distributed is before['to_distributed'] and Learner.distrib_ctx is before['distrib_ctx']
+replaced = [k for k, v in before.items() if vars(Learner)[k] is not v]
+assert not replaced, replaced
+assert ReIDLearner.to_distributed is not Learner.to_distributed
+print('ok')
+"""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    r = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith('ok'), r.stderr[-2000:]
+
+
 if __name__ == '__main__':
     _worker(*sys.argv[1:3])

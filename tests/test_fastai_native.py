@@ -294,7 +294,7 @@ def test_event_dispatch_cache_never_skips_a_new_callback():
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader
     from fastai.callback.core import Callback
-    from iaunet_fastai.interpret import ReIDLearner
+    from iaunet_fastai.reid_learner import ReIDLearner
     ds = list(zip(torch.randn(16, 3), torch.randn(16, 1)))
     learn = ReIDLearner(DataLoaders(DataLoader(ds, bs=4), DataLoader(ds, bs=4)), nn.Linear(3, 1), loss_func=nn.MSELoss())
     class Quiet(Callback):                                  # no per-batch event
