@@ -14,7 +14,7 @@ from typing import Annotated
 from pathlib import Path
 import numpy as np
 import torch
-from .config import ARCH, IMG_SIZE, P, K, SEQ_LEN, LR
+from .config import ARCH, IMG_SIZE, P, K, SEQ_LEN, LR, EMBED_BS, RERANK_K1, RERANK_K2
 from .callbacks import RetrievalEvaluator, mars_gallery
 from .datasets import DATASETS, detect_dataset, resolve_dataset, dataset_df, read_item_list
 from .learner import iaunet_learner, ConsoleTable
@@ -336,8 +336,8 @@ def eval_cli(model:str,                 # model file from `iaunet train` (model.
              video:bool=False,          # synthetic only: MARS layout
              flip:bool=False,           # flip test-time augmentation
              rerank:bool=False,         # k-reciprocal re-ranking
-             k1:int=20,                 # re-ranking: k-reciprocal neighbours (shrunk, with a warning, on a small set)
-             k2:int=6,                  # re-ranking: neighbours of the local query expansion
+             k1:int=RERANK_K1,               # re-ranking: k-reciprocal neighbours (shrunk, with a warning, on a small set)
+             k2:int=RERANK_K2,               # re-ranking: neighbours of the local query expansion
              mars_protocol:str='official', # MARS: official (gallery includes the queries) or torchreid (queries removed)
              out:str=None,              # optional folder for metrics.json, cmc.png (and roc.png with --verify)
              overwrite:bool=False,      # replace metrics.json/cmc.png already in --out
@@ -391,7 +391,7 @@ def extract_cli(model:str,              # model file from `iaunet train` (model.
                 images:str,             # a folder of images (searched recursively); a list file (one image per line, or one tracklet per line: frame paths joined by ';'); or with --dataset a dataset root
                 dataset:str=None,       # embed every item (tracklets for video datasets) of this dataset at `images` (the root); adds pids, camids, splits
                 out:str='features.npz', # output .npz with `names` and `features` [N, D]
-                bs:int=64,              # batch size
+                bs:int=EMBED_BS,            # batch size
                 flip:bool=False,        # flip test-time augmentation
                 overwrite:bool=False):  # replace an existing --out
     """Extract L2-normalised embeddings of images or tracklets into an .npz: `names` (a tracklet's frames joined by ';'),

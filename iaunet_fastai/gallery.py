@@ -8,6 +8,7 @@ __all__ = ['GALLERY_FORMAT', 'BUILD_CHUNK', 'model_fingerprint', 'Embeddings', '
 
 # %% ../nbs/10h_gallery.ipynb #34bc48e9
 from .core import *
+from .config import EMBED_BS
 import hashlib, json, math, re
 from pathlib import Path
 from typing import Annotated, NamedTuple
@@ -37,7 +38,7 @@ class Embeddings(NamedTuple):
     fingerprint: str
     names: list
 
-def extractor(model, size=None, flip_tta=False, bs=64, device=None) -> FeatureExtractor:
+def extractor(model, size=None, flip_tta=False, bs=EMBED_BS, device=None) -> FeatureExtractor:
     "A `FeatureExtractor` (one process) for a model file, `Learner` or model, with its `.fingerprint`."
     if isinstance(model, (str, Path)):
         from iaunet_fastai.inference import load_model_file
@@ -199,7 +200,7 @@ class ReIDGallery:
 
 # %% ../nbs/10h_gallery.ipynb #68e4c2ed
 @classmethod
-def _build(cls, model, items, out_dir, size=None, flip_tta=False, bs=64, device=None, chunk=BUILD_CHUNK,
+def _build(cls, model, items, out_dir, size=None, flip_tta=False, bs=EMBED_BS, device=None, chunk=BUILD_CHUNK,
            overwrite=False, progress=True):
     """Embed `items` (see `gallery_items`) with `model` (a model file, `Learner` or model) into a new gallery folder
     `out_dir`; an interrupted build of the same items into `out_dir` resumes."""
@@ -268,7 +269,7 @@ def _foreign(self, fp, what):
 ReIDGallery._start_shard, ReIDGallery._resume, ReIDGallery._fill, ReIDGallery._foreign = _start_shard, _resume, _fill, _foreign
 
 # %% ../nbs/10h_gallery.ipynb #eb696c64
-def _extractor_for(self, model=None, bs=64, device=None):
+def _extractor_for(self, model=None, bs=EMBED_BS, device=None):
     "An extractor for queries/additions: `model` if given (its fingerprint must match), else the gallery's own model file."
     if model is None:
         if self._fx is not None: return self._fx
@@ -280,7 +281,7 @@ def _extractor_for(self, model=None, bs=64, device=None):
     self._fx = fx
     return fx
 
-def _add(self, items, model=None, bs=64, device=None, chunk=BUILD_CHUNK, progress=True):
+def _add(self, items, model=None, bs=EMBED_BS, device=None, chunk=BUILD_CHUNK, progress=True):
     "Append `items` as a new shard embedded with the gallery's model (resumes an interrupted add of the same items)."
     meta = gallery_items(items)
     fx = self._extractor_for(model, bs, device)
@@ -422,7 +423,7 @@ def index_cli(action:str,               # 'build' (MODEL ITEMS --out DIR) or 'ad
               items:str,                # a folder of images, a list file (one image per line, or a tracklet per line: frames joined by ';') or a canonical .csv
               out:str=None,             # build: the gallery folder (an interrupted build into it resumes with the same items)
               model:str=None,           # add: the model file (default: the one the gallery was built with; its fingerprint must match)
-              bs:int=64,                # batch size
+              bs:int=EMBED_BS,              # batch size
               flip:bool=False,          # build: flip test-time augmentation (part of the fingerprint)
               faiss:str=None,           # also build a FAISS index: 'flat', 'ivf' or 'hnsw' (prints recall@10 vs exact)
               overwrite:bool=False):    # build: replace a gallery in --out

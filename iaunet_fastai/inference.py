@@ -8,7 +8,7 @@ __all__ = ['CONFIG_VERSION', 'LEGACY_OPTIONS', 'save_reid_model', 'load_reid_mod
 
 # %% ../nbs/10b_inference.ipynb #ff649028
 from .core import *
-from .config import IMG_SIZE
+from .config import IMG_SIZE, EMBED_BS
 from fastcore.basics import patch
 from pathlib import Path
 import numpy as np
@@ -133,7 +133,7 @@ def _load_export(p):
 # %% ../nbs/10b_inference.ipynb #70a2d719
 class FeatureExtractor:
     "Embed images or tracklets with a trained model (a `Learner`, a model, or a file from `save_reid_model`/`export`)."
-    def __init__(self, src, size=None, device=None, bs=64, flip_tta=False, distributed=True):
+    def __init__(self, src, size=None, device=None, bs=EMBED_BS, flip_tta=False, distributed=True):
         if isinstance(src, (str, Path)):
             p = Path(src)
             if p.suffix == '.pkl':

@@ -10,6 +10,7 @@ __all__ = ['RANK_CHUNK_CELLS', 'PRODUCT_BLOCK_CELLS', 'KNN_MARGIN', 'pairwise_di
 
 # %% ../nbs/08_metrics.ipynb #200e221c
 from .core import *
+from .config import RERANK_K1, RERANK_K2, RERANK_LAMBDA
 import math, time
 import numpy as np
 import torch
@@ -598,7 +599,7 @@ def _blend_into(out, V, Q, lambda_, metric, rowmax, cs):
         od.mul_(lambda_).add_(_jaccard_rows(V[s:e], Vc, colnnz, G), alpha=1 - lambda_)
 
 # %% ../nbs/08_metrics.ipynb #f54fc556
-def re_ranking(qf, gf, k1=20, k2=6, lambda_=0.3, metric='cosine', chunk_size=None, device=None):
+def re_ranking(qf, gf, k1=RERANK_K1, k2=RERANK_K2, lambda_=RERANK_LAMBDA, metric='cosine', chunk_size=None, device=None):
     """k-reciprocal re-ranking of `qf` [Q,D] vs `gf` [G,D] with sparse k-NN structures; returns float32 [Q,G] distance
     (numpy). The k-NN pass runs on `device` (default: where `qf` is), in blocks of `chunk_size` rows (default
     min(2**26 / N, N / 16)). Neighbour lists are those of float64 distances, ties broken by item index. On a set of

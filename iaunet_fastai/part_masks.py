@@ -172,10 +172,8 @@ def _check_out(out) -> Path:
     return out
 
 def _make_writable(out):
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out/f'.write-test-{os.getpid()}', 'w'): pass
-        (out/f'.write-test-{os.getpid()}').unlink()
+    check_writable(out, 'out')                        # core's probe: a test file in `out` or its nearest parent
+    try: out.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise ReIDInputError(f"out '{out}' is not a writable folder: {e.strerror or e}") from None
 
 # %% ../nbs/04_part_masks.ipynb #4f1fe4b3

@@ -10,6 +10,7 @@ __all__ = ['FPRS', 'parse_targets', 'cross_domain_df', 'cross_domain_setup', 'Ta
 
 # %% ../nbs/10g_targets.ipynb #21170232
 from .core import *
+from .config import RERANK_K1, RERANK_K2
 import json, math
 from pathlib import Path
 import numpy as np
@@ -102,7 +103,7 @@ def _save_fig(fig, fname):
     with atomic_path(fname) as tmp: fig.savefig(tmp, bbox_inches='tight', format='png')
     plt.close(fig)
 
-def evaluate_frame(fx, df, gallery='non_query', protocol='', rerank=False, k1=20, k2=6, verify=False, out=None, name=None) -> dict:
+def evaluate_frame(fx, df, gallery='non_query', protocol='', rerank=False, k1=RERANK_K1, k2=RERANK_K2, verify=False, out=None, name=None) -> dict:
     """Rank-1/5/10/20, mAP, mINP of `df`'s queries against its gallery with the embeddings of `fx` (a
     `FeatureExtractor`), printed; with `verify` also the verification numbers (`res['verification']`) and, given
     `out`, `roc.png` (`roc-<name>.png` for a named target)."""
