@@ -113,7 +113,8 @@ def table(rows):
          '| peak RSS (GB) | load avg | date, commit |', '|---|---:|---:|---:|---:|---|---:|---:|---|']
     for (eq, N, D), r in sorted(cases.items()):
         if eq: continue
-        p = r['phases']; ph = ' / '.join(f"{p.get(k, 0):.1f}" for k in ('_knn', '_expansion_pairs', '_pair_sqdist', '_blend_into'))
+        p = r['phases']; ph = ' / '.join(f"{p.get(k, p.get(old, 0)):.1f}" for k, old in (('_knn',) * 2, ('_expansion_pairs',) * 2, ('_pair_sqdist',) * 2,
+                                                                      ('_blend_into', '_jaccard_into')))   # renamed in 23's redesign
         fl = f"{r['t_floor'][0]:.1f}, {r['t_floor'][1]:.1f}" + (f" (1/{r['floor_every']} timed)" if r.get('floor_every', 1) > 1 else '')
         L.append(f"| {N:,} ({r['Q']:,} + {N - r['Q']:,}) | {D} | {r['t_rerank']:.1f} | {fl} "
                  f"| **{r['ratio']:.2f}×** | {ph} | {r['peak_rss_gb']:.2f} | {r['load'][0]:.1f} → {r['load'][1]:.1f} | {r['date']}, {r['commit']} |")
